@@ -1,0 +1,65 @@
+"""``create_app``: settings (defaults -> environment -> overrides), validated, then the Flask
+app with one blueprint per concern and JSON errors everywhere."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from telegram_gateway import logs
+from telegram_gateway.config import Settings, load_settings
+from telegram_gateway.service import Gateway
+from telegram_gateway.web import health
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = "telegram_gateway"
+
+
+def create_app(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    gateway: Gateway | None = None,
+) -> Flask:
+    """Build the app. ``env`` defaults to ``os.environ``; ``overrides`` are Settings fields."""
+    settings: Settings = (
+        gateway.settings
+        if gateway
+        else load_settings(os.environ if env is None else env, overrides)
+    )
+    logs.configure(
+        settings.log_level,
+        [settings.api_token, settings.nats_password] + [b.token for b in settings.bots],
+    )
+    gateway = gateway or Gateway(settings)
+    app = Flask(__name__)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION] = gateway
+    app.register_blueprint(health.blueprint)
+    _register_error_handlers(app)
+    return app
+
+
+def gateway_of(app: Flask) -> Gateway:
+    return app.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        response = jsonify(ok=False, error=exc.description or exc.name)
+        response.status_code = exc.code or 500
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Any:
+        logger.exception("unhandled error")
+        response = jsonify(ok=False, error="internal error; see the gateway's log")
+        response.status_code = 500
+        return response

@@ -1,0 +1,364 @@
+"""Gateway settings: read from the environment once, validated once.
+
+Every setting is declared in ``SETTINGS`` (name, default, parser, help). ``load_settings``
+parses all of them and raises one :class:`ConfigError` whose message names *every* missing
+or malformed setting, one per line, so an operator fixes the env file in one pass. Secret
+values never appear in the error text, in ``repr`` or in logs.
+
+To add a setting: append a :class:`Setting` to ``SETTINGS``, add the attribute to
+:class:`Settings`, and document it in README.md and in the telegram_gateway role
+(defaults + argument_specs) when operators should set it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from telegram_gateway.errors import ConfigError
+
+TOKEN_RE = re.compile(r"^(?P<bot_id>[0-9]{1,20}):(?P<secret>[A-Za-z0-9_-]{24,})$")
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    """One bot: its public id, an optional configured name, and its token (never printed)."""
+
+    bot_id: int
+    token: str = field(repr=False)
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or str(self.bot_id)
+
+
+@dataclass(frozen=True)
+class Settings:
+    telegram_api_url: str
+    bots: tuple[BotConfig, ...]
+    nats_url: str
+    nats_user: str | None
+    nats_password: str | None = field(repr=False)
+    nats_creds: str | None
+    api_token: str = field(repr=False)
+    routes_file: Path | None
+    state_dir: Path
+    log_level: str
+    stream_name: str
+    stream_max_age: float
+    stream_duplicate_window: float
+    poll_timeout: int
+    poll_limit: int
+    botapi_timeout: float
+    publish_timeout: float
+    poller_stall_after: float
+    lock_retry_interval: float
+    health_probe_interval: float
+    send_timeout: float
+    send_max_wait: float
+    send_pacing: bool
+    idempotency_ttl: float
+
+    def bot(self, ref: str | int | None) -> BotConfig | None:
+        """The bot named by id or configured name; the only bot when ``ref`` is None."""
+        if ref is None or ref == "":
+            return self.bots[0] if len(self.bots) == 1 else None
+        for bot in self.bots:
+            if str(ref) == str(bot.bot_id) or (bot.name is not None and ref == bot.name):
+                return bot
+        return None
+
+
+Parser = Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    attr: str
+    parse: Parser
+    default: str | None  # None = required
+    help: str
+    secret: bool = False
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL such as http://127.0.0.1:8081")
+    return value.rstrip("/")
+
+
+def _nats_url(value: str) -> str:
+    for item in value.split(","):
+        parts = urlsplit(item.strip())
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            raise ValueError("must be nats://host:port (comma separated for several)")
+    return value
+
+
+def _bots(value: str) -> tuple[BotConfig, ...]:
+    bots: list[BotConfig] = []
+    for position, raw in enumerate(value.split(","), start=1):
+        item = raw.strip()
+        if not item:
+            continue
+        name: str | None = None
+        if "=" in item:
+            name, item = (part.strip() for part in item.split("=", 1))
+            if not NAME_RE.match(name):
+                raise ValueError(f"entry {position}: bot name must match {NAME_RE.pattern}")
+        match = TOKEN_RE.match(item)
+        if not match:
+            raise ValueError(
+                f"entry {position} is not a bot token (<bot id digits>:<secret of 24+ "
+                "characters A-Z a-z 0-9 _ ->)"
+            )
+        bots.append(BotConfig(bot_id=int(match["bot_id"]), token=item, name=name))
+    if not bots:
+        raise ValueError("no bot token given")
+    ids = [bot.bot_id for bot in bots]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the same bot id appears twice")
+    names = [bot.name for bot in bots if bot.name]
+    if len(set(names)) != len(names):
+        raise ValueError("the same bot name appears twice")
+    return tuple(bots)
+
+
+def _optional(value: str) -> str | None:
+    return value or None
+
+
+def _api_token(value: str) -> str:
+    if len(value) < 16:
+        raise ValueError("must be at least 16 characters")
+    return value
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
+def _number(low: float, high: float) -> Parser:
+    def parse(value: str) -> float:
+        number = float(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}")
+        return number
+
+    return parse
+
+
+def _integer(low: int, high: int) -> Parser:
+    def parse(value: str) -> int:
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return number
+
+    return parse
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+def _stream_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise ValueError("must be 1-64 characters A-Z a-z 0-9 _ -")
+    return value
+
+
+def _boolean(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "TELEGRAM_API_URL",
+        "telegram_api_url",
+        _http_url,
+        "http://127.0.0.1:8081",
+        "base URL of the local Bot API server",
+    ),
+    Setting(
+        "TELEGRAM_BOT_TOKENS",
+        "bots",
+        _bots,
+        None,
+        "comma separated bot tokens, each optionally prefixed name=",
+        secret=True,
+    ),
+    Setting("NATS_URL", "nats_url", _nats_url, "nats://127.0.0.1:4222", "NATS server URL(s)"),
+    Setting("NATS_USER", "nats_user", _optional, "", "NATS user name"),
+    Setting("NATS_PASSWORD", "nats_password", _optional, "", "NATS password", secret=True),
+    Setting("NATS_CREDS", "nats_creds", _optional, "", "path of a NATS .creds file"),
+    Setting(
+        "GATEWAY_API_TOKEN",
+        "api_token",
+        _api_token,
+        None,
+        "bearer token that /send requires (16+ characters)",
+        secret=True,
+    ),
+    Setting(
+        "GATEWAY_ROUTES_FILE",
+        "routes_file",
+        _optional_path,
+        "",
+        "YAML routing rules file (empty: no extra routes)",
+    ),
+    Setting(
+        "GATEWAY_STATE_DIR",
+        "state_dir",
+        Path,
+        "/var/lib/telegram-gateway",
+        "writable state directory (locks, idempotency store, metrics)",
+    ),
+    Setting("GATEWAY_LOG_LEVEL", "log_level", _log_level, "INFO", "log level"),
+    Setting(
+        "GATEWAY_STREAM_NAME",
+        "stream_name",
+        _stream_name,
+        "TELEGRAM",
+        "JetStream stream capturing telegram.in.>",
+    ),
+    Setting(
+        "GATEWAY_STREAM_MAX_AGE",
+        "stream_max_age",
+        _number(0, 10 * 365 * 86400),
+        str(7 * 86400),
+        "seconds a stored update is kept (0 = forever)",
+    ),
+    Setting(
+        "GATEWAY_STREAM_DUPLICATE_WINDOW",
+        "stream_duplicate_window",
+        _number(120, 86400),
+        "600",
+        "JetStream de-duplication window, seconds (>= 120)",
+    ),
+    Setting(
+        "GATEWAY_POLL_TIMEOUT",
+        "poll_timeout",
+        _integer(0, 50),
+        "25",
+        "getUpdates long-poll timeout, seconds",
+    ),
+    Setting("GATEWAY_POLL_LIMIT", "poll_limit", _integer(1, 100), "100", "getUpdates batch size"),
+    Setting(
+        "GATEWAY_BOTAPI_TIMEOUT",
+        "botapi_timeout",
+        _number(0.1, 600),
+        "10",
+        "timeout of one Bot API call other than long polling, seconds",
+    ),
+    Setting(
+        "GATEWAY_PUBLISH_TIMEOUT",
+        "publish_timeout",
+        _number(0.1, 60),
+        "5",
+        "timeout of one JetStream publish acknowledgement, seconds",
+    ),
+    Setting(
+        "GATEWAY_POLLER_STALL_AFTER",
+        "poller_stall_after",
+        _number(1, 3600),
+        "60",
+        "seconds without a successful getUpdates before /healthz calls a poller stalled",
+    ),
+    Setting(
+        "GATEWAY_LOCK_RETRY_INTERVAL",
+        "lock_retry_interval",
+        _number(0.05, 60),
+        "1",
+        "how often a standby worker tries to take over a bot's poller lock, seconds",
+    ),
+    Setting(
+        "GATEWAY_HEALTH_PROBE_INTERVAL",
+        "health_probe_interval",
+        _number(0.1, 300),
+        "5",
+        "how often getMe probes the Bot API for /healthz, seconds",
+    ),
+    Setting(
+        "GATEWAY_SEND_TIMEOUT",
+        "send_timeout",
+        _number(0.1, 600),
+        "30",
+        "upper bound of one outbound Bot API call before 504, seconds",
+    ),
+    Setting(
+        "GATEWAY_SEND_MAX_WAIT",
+        "send_max_wait",
+        _number(0, 3600),
+        "10",
+        "longest a send may queue for Telegram's limits before 429, seconds",
+    ),
+    Setting(
+        "GATEWAY_SEND_PACING",
+        "send_pacing",
+        _boolean,
+        "true",
+        "pace sends to Telegram's limits (turn off only for benchmarks)",
+    ),
+    Setting(
+        "GATEWAY_IDEMPOTENCY_TTL",
+        "idempotency_ttl",
+        _number(1, 30 * 86400),
+        "86400",
+        "how long an Idempotency-Key is remembered, seconds",
+    ),
+)
+
+
+def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Parse every setting from ``env`` (then ``overrides`` by attribute name); one error lists all
+    problems."""
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for setting in SETTINGS:
+        raw = env.get(setting.env)
+        if raw is None or (raw.strip() == "" and setting.default is None):
+            if setting.default is None:
+                problems.append(f"{setting.env} is required: {setting.help}")
+                continue
+            raw = setting.default
+        try:
+            values[setting.attr] = setting.parse(raw.strip())
+        except ValueError as exc:
+            shown = "" if setting.secret else f" (got {raw.strip()!r})"
+            problems.append(f"{setting.env} {_reason(exc)}{shown}")
+    if overrides:
+        known = {f.name for f in fields(Settings)}
+        for key, value in overrides.items():
+            if key not in known:
+                problems.append(f"unknown setting override {key!r}")
+            else:
+                values[key] = value
+    if not problems and bool(values.get("nats_user")) != bool(values.get("nats_password")):
+        problems.append("NATS_USER and NATS_PASSWORD must be set together")
+    if problems:
+        raise ConfigError("invalid gateway settings: " + "; ".join(problems))
+    return Settings(**values)
+
+
+def _reason(exc: ValueError) -> str:
+    text = str(exc)
+    if text.startswith(("invalid literal", "could not convert")):
+        return "must be a number"
+    return text

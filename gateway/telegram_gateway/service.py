@@ -1,0 +1,97 @@
+"""The gateway's moving parts, wired together once per worker process.
+
+``Gateway`` owns the settings, the NATS bus, one Bot API client per bot, and the background
+components (Bot API probe, pollers, sender, ...). ``create_app`` builds it; gunicorn's
+``post_worker_init`` hook starts it and ``worker_exit`` stops it, so nothing runs at import
+time and tests can build one without any process around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from telegram_gateway import SERVICE_NAME
+from telegram_gateway.botapi import BotApiClient
+from telegram_gateway.bus import Bus
+from telegram_gateway.config import Settings
+from telegram_gateway.health import BotApiProbe, Check, Component
+
+logger = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, settings: Settings, bus: Bus | None = None) -> None:
+        self.settings = settings
+        self.bus = bus or Bus(settings)
+        self.clients: dict[int, BotApiClient] = {
+            bot.bot_id: BotApiClient(settings.telegram_api_url, bot, settings.botapi_timeout)
+            for bot in settings.bots
+        }
+        self.probe = BotApiProbe(
+            list(self.clients.values()),
+            settings.health_probe_interval,
+            min(settings.botapi_timeout, 5.0),
+        )
+        self.components: list[Component] = [self.probe]
+        self.started = False
+
+    def add(self, component: Component) -> None:
+        self.components.append(component)
+
+    def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.bus.start()
+        for component in self.components:
+            component.start()
+        logger.info(
+            "%s started: %d bot(s) %s, Bot API %s, NATS %s",
+            SERVICE_NAME,
+            len(self.settings.bots),
+            ", ".join(bot.label for bot in self.settings.bots),
+            self.settings.telegram_api_url,
+            self.settings.nats_url,
+        )
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        for component in reversed(self.components):
+            try:
+                component.stop()
+            except Exception:
+                logger.exception("stopping %s failed", type(component).__name__)
+        self.bus.stop()
+
+    def checks(self) -> dict[str, Check]:
+        bus = self.bus.status()
+        if bus["connected"] and bus["stream_ready"]:
+            nats_check = Check(True, "connected; stream " + str(bus["stream"]) + " ready")
+        elif bus["connected"]:
+            nats_check = Check(
+                False, f"connected but stream {bus['stream']} is not ready: {bus['last_error']}"
+            )
+        else:
+            nats_check = Check(
+                False,
+                f"disconnected for {bus['disconnected_for_s']} s: "
+                f"{bus['last_error'] or 'connecting'}",
+            )
+        checks = {"nats": nats_check}
+        for component in self.components:
+            checks.update(component.checks())
+        return checks
+
+    def health(self) -> dict[str, Any]:
+        checks = self.checks()
+        ok = all(check.ok for check in checks.values())
+        return {
+            "status": "ok" if ok else "degraded",
+            "service": SERVICE_NAME,
+            "telegram_api": "ok" if self.probe.ok else "unreachable",
+            "nats": "connected" if self.bus.connected else "disconnected",
+            "checks": {name: check.as_dict() for name, check in checks.items()},
+        }

@@ -1,0 +1,1 @@
+"""Flask blueprints, one per concern: health, send, metrics, openapi."""
