@@ -15,6 +15,9 @@ from telegram_gateway import logs
 from telegram_gateway.config import Settings, load_settings
 from telegram_gateway.service import Gateway
 from telegram_gateway.web import health
+from telegram_gateway.web import metrics as metrics_web
+from telegram_gateway.web import openapi as openapi_web
+from telegram_gateway.web import send as send_web
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,9 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = gateway
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(metrics_web.blueprint)
+    app.register_blueprint(send_web.blueprint)
+    app.register_blueprint(openapi_web.blueprint)
     _register_error_handlers(app)
     return app
 

@@ -18,11 +18,21 @@ Connection: reconnects forever with backoff (the initial connect too, which nats
 retry by itself). JetStream publishes wait for the ack; a timed-out publish is ambiguous (the
 message may be stored), so it is retried with the same ``Nats-Msg-Id`` and the stream's
 duplicate window drops a second copy.
+
+Batches: a batch crosses the bridge once. Its messages are all written at once, each with a
+reply subject ``<ack inbox>.<batch>.<index>`` under one wildcard subscription per connection,
+and then one wait collects every acknowledgement (what ``publish_async`` does, without its
+per-message future, NUID and semaphore, which cost more CPU than the publish itself). Late
+acks of an earlier attempt still count. ``publish_each`` reports per message, so the poller
+remembers which updates are already stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import json
 import logging
 import threading
 import time
@@ -39,7 +49,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from telegram_gateway.config import Settings
-from telegram_gateway.errors import BusUnavailable, PublishFailed
+from telegram_gateway.errors import BusError, BusUnavailable, PublishFailed
 from telegram_gateway.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -75,6 +85,50 @@ class Request:
 
 
 Handler = Callable[[Request], bytes]
+NO_RESPONDERS = "503"
+
+
+class _AckWait:
+    """The acknowledgements of one batch, filled in by the ack inbox subscription."""
+
+    def __init__(self, size: int) -> None:
+        self.results: list[Ack | str | None] = [None] * size  # Ack, or why not (retry)
+        self.waiting: set[int] = set()
+        self.done = asyncio.Event()
+
+    def expect(self, indexes: Sequence[int]) -> None:
+        self.waiting = set(indexes)
+        for index in indexes:
+            self.results[index] = None
+        self.done.clear()
+        if not self.waiting:
+            self.done.set()
+
+    def resolve(self, index: int, msg: Msg) -> None:
+        if index not in self.waiting:
+            return  # already answered (a late ack of an earlier attempt)
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+            self.results[index] = "no stream captures the subject"
+        else:
+            try:
+                answer = json.loads(msg.data)
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                answer = {"error": {"description": "the acknowledgement is not a JSON object"}}
+            error = answer.get("error")
+            if error is None:
+                self.results[index] = Ack(
+                    stream=str(answer.get("stream")),
+                    seq=int(answer.get("seq") or 0),
+                    duplicate=bool(answer.get("duplicate")),
+                )
+            else:
+                description = error.get("description") if isinstance(error, dict) else error
+                self.results[index] = f"JetStream error: {description}"
+        self.waiting.discard(index)
+        if not self.waiting:
+            self.done.set()
 
 
 def _spawn(function: Callable[[], None]) -> None:
@@ -102,6 +156,9 @@ class Bus:
         self._connector: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._nc: NatsClient | None = None
+        self._ack_prefix = ""
+        self._ack_waits: dict[str, _AckWait] = {}
+        self._batch_ids = itertools.count(1)
         self._connected = False
         self._stream_ready = False
         self._stopping = False
@@ -192,11 +249,26 @@ class Bus:
         """Publish to JetStream and wait until every message is acknowledged (in order of
         ``messages``). Raises :class:`BusUnavailable` / :class:`PublishFailed`; then some of
         the batch may be stored, and publishing it again is safe (same ``Nats-Msg-Id``)."""
+        acks: list[Ack] = []
+        for result in self.publish_each(messages):
+            if isinstance(result, BusError):
+                raise result
+            acks.append(result)
+        return acks
+
+    def publish_each(self, messages: Sequence[Outgoing]) -> list[Ack | BusError]:
+        """Publish to JetStream, wait for the acknowledgements, and report per message (in
+        order of ``messages``): its :class:`Ack`, or the :class:`BusError` that says why it
+        was not acknowledged (it may still be stored: publish it again with the same
+        ``Nats-Msg-Id``). Timed-out messages are retried a few times first. Raises
+        :class:`BusUnavailable` when not connected (then nothing was sent)."""
         if not self._connected:
             raise BusUnavailable("not connected to NATS")
+        if not messages:
+            return []
         timeout = self.settings.publish_timeout
-        bound = timeout * PUBLISH_ATTEMPTS + 5
-        return self.run(self._publish_batch(messages, timeout), bound)
+        bound = (timeout + 2.0) * PUBLISH_ATTEMPTS + 5
+        return self.run(self._publish_each(messages, timeout), bound)
 
     def publish_core(self, messages: Sequence[Outgoing]) -> None:
         """Plain NATS publish (no ack), e.g. routing copies to agent subjects."""
@@ -232,6 +304,9 @@ class Bus:
             break
         if self._nc is None:
             return
+        # one ack inbox per connection; nats-py subscribes it again after every reconnect
+        self._ack_prefix = self._nc.new_inbox() + "."
+        await self._nc.subscribe(self._ack_prefix + ">", cb=self._on_ack)
         for subject, queue, handler in self._services:
             await self._subscribe(subject, queue, handler)
         await self._on_up(first=True)
@@ -322,41 +397,86 @@ class Bus:
             self._stream_ready = False
             self._note_error(f"cannot create or update stream {s.stream_name}: {exc}")
 
-    async def _publish_one(self, message: Outgoing, timeout: float) -> Ack:
+    async def _on_ack(self, msg: Msg) -> None:
+        batch, _, index = msg.subject[len(self._ack_prefix) :].rpartition(".")
+        wait = self._ack_waits.get(batch)
+        if wait is not None:
+            wait.resolve(int(index), msg)
+
+    async def _publish_each(
+        self, messages: Sequence[Outgoing], timeout: float
+    ) -> list[Ack | BusError]:
         assert self._nc is not None
-        js = self._nc.jetstream(timeout=timeout)
-        last: Exception | None = None
-        for attempt in range(PUBLISH_ATTEMPTS):
-            if not self._connected:
-                raise BusUnavailable("NATS connection lost while publishing")
-            try:
-                ack = await js.publish(
-                    message.subject, message.payload, timeout=timeout, headers=message.headers
-                )
-                return Ack(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-                # ambiguous: may be stored; the same Nats-Msg-Id makes the retry safe
-                last = exc
-                if isinstance(exc, nats.errors.NoRespondersError):
+        nc = self._nc
+        batch = str(next(self._batch_ids))
+        wait = _AckWait(len(messages))
+        self._ack_waits[batch] = wait
+        reply = f"{self._ack_prefix}{batch}."
+        todo = list(range(len(messages)))
+        why: dict[int, str] = {}
+        try:
+            for attempt in range(PUBLISH_ATTEMPTS):
+                if not self._connected:
+                    break
+                wait.expect(todo)
+                try:
+                    for index in todo:
+                        message = messages[index]
+                        await nc.publish(
+                            message.subject,
+                            message.payload,
+                            reply=reply + str(index),
+                            headers=message.headers or None,
+                        )
+                except (
+                    nats.errors.ConnectionClosedError,
+                    nats.errors.ConnectionReconnectingError,
+                    nats.errors.OutboundBufferLimitError,
+                ) as exc:
+                    why = dict.fromkeys(todo, type(exc).__name__)
+                    break
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wait.done.wait(), timeout)
+                retry: list[int] = []
+                need_stream = False
+                for index in todo:
+                    result = wait.results[index]
+                    if isinstance(result, Ack):
+                        continue
+                    # no answer is ambiguous (it may be stored): the same Nats-Msg-Id makes
+                    # the retry safe
+                    why[index] = result or f"no acknowledgement within {timeout:g} s"
+                    need_stream = need_stream or result == "no stream captures the subject"
+                    retry.append(index)
+                todo = retry
+                if not todo:
+                    break
+                if need_stream:
                     await self._ensure_stream()
                 await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-                raise BusUnavailable("NATS connection lost while publishing") from None
-        raise PublishFailed(
-            f"JetStream did not acknowledge {message.subject} after {PUBLISH_ATTEMPTS} attempts "
-            f"({type(last).__name__}); it will be retried"
-        )
-
-    async def _publish_batch(self, messages: Sequence[Outgoing], timeout: float) -> list[Ack]:
-        results = await asyncio.gather(
-            *(self._publish_one(m, timeout) for m in messages), return_exceptions=True
-        )
-        acks: list[Ack] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            acks.append(result)
-        return acks
+        finally:
+            self._ack_waits.pop(batch, None)
+        results: list[Ack | BusError] = []
+        for index, message in enumerate(messages):
+            result = wait.results[index]
+            if isinstance(result, Ack):
+                results.append(result)
+            elif not self._connected:
+                results.append(
+                    BusUnavailable(
+                        f"NATS connection lost while publishing {message.subject} "
+                        f"({why.get(index, 'not connected')})"
+                    )
+                )
+            else:
+                results.append(
+                    PublishFailed(
+                        f"JetStream did not acknowledge {message.subject} after "
+                        f"{PUBLISH_ATTEMPTS} attempts ({why.get(index, '?')}); "
+                        "it will be retried"
+                    )
+                )
+        return results
 
     async def _publish_core(self, messages: Sequence[Outgoing]) -> None:
         assert self._nc is not None

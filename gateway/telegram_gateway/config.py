@@ -55,6 +55,7 @@ class Settings:
     stream_duplicate_window: float
     poll_timeout: int
     poll_limit: int
+    allowed_updates: tuple[str, ...]
     botapi_timeout: float
     publish_timeout: float
     poller_stall_after: float
@@ -179,6 +180,53 @@ def _stream_name(value: str) -> str:
     return value
 
 
+# Every Update field a bot can receive (Bot API 10.0, as pyTelegramBotAPI 4.37 lists them).
+# Telegram's own default leaves out chat_member, message_reaction and message_reaction_count,
+# so the poller always sends an explicit list.
+ALL_UPDATE_TYPES: tuple[str, ...] = (
+    "message",
+    "edited_message",
+    "channel_post",
+    "edited_channel_post",
+    "business_connection",
+    "business_message",
+    "edited_business_message",
+    "deleted_business_messages",
+    "message_reaction",
+    "message_reaction_count",
+    "inline_query",
+    "chosen_inline_result",
+    "callback_query",
+    "shipping_query",
+    "pre_checkout_query",
+    "purchased_paid_media",
+    "poll",
+    "poll_answer",
+    "my_chat_member",
+    "chat_member",
+    "chat_join_request",
+    "chat_boost",
+    "removed_chat_boost",
+    "managed_bot",
+    "guest_message",
+    "subscription",
+    "stopped_message_generation",
+)
+
+
+def _allowed_updates(value: str) -> tuple[str, ...]:
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names or names == ["all"]:
+        return ALL_UPDATE_TYPES
+    unknown = [name for name in names if name not in ALL_UPDATE_TYPES]
+    if unknown:
+        raise ValueError(
+            f"names unknown update type(s) {', '.join(unknown)}; use 'all' or a comma "
+            f"separated list of {', '.join(ALL_UPDATE_TYPES)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
 def _boolean(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -260,6 +308,13 @@ SETTINGS: tuple[Setting, ...] = (
         "getUpdates long-poll timeout, seconds",
     ),
     Setting("GATEWAY_POLL_LIMIT", "poll_limit", _integer(1, 100), "100", "getUpdates batch size"),
+    Setting(
+        "GATEWAY_ALLOWED_UPDATES",
+        "allowed_updates",
+        _allowed_updates,
+        "all",
+        "update types getUpdates asks for: 'all' or a comma separated list",
+    ),
     Setting(
         "GATEWAY_BOTAPI_TIMEOUT",
         "botapi_timeout",

@@ -6,11 +6,16 @@ Hierarchy::
     ├── ConfigError          a setting or the routes file is missing or malformed (start-up)
     ├── BotApiError          a Bot API call did not produce a result
     │   ├── BotApiUnavailable    connection refused / dropped, or a non-JSON answer  -> HTTP 502
+    │   │   └── BotApiUnreachable    no connection at all: the request was not sent      -> HTTP 502
     │   ├── BotApiTimeout        no answer within the caller's bound                 -> HTTP 504
     │   └── TelegramError        the Bot API answered {"ok": false, ...}             -> its code
-    └── BusError             NATS could not do what was asked
-        ├── BusUnavailable       not connected (yet / any more)
-        └── PublishFailed        JetStream did not acknowledge a publish after retries
+    ├── BusError             NATS could not do what was asked
+    │   ├── BusUnavailable       not connected (yet / any more)
+    │   └── PublishFailed        JetStream did not acknowledge a publish after retries
+    ├── InvalidRequest       a /send body or NATS payload is malformed ("<field>: <reason>") -> 400
+    ├── IdempotencyUnavailable  the Idempotency-Key store cannot be used (locked, unwritable) -> 503
+    └── RateLimited          Telegram's limits put the message later than GATEWAY_SEND_MAX_WAIT
+                             (nothing was sent; retry after ``retry_after`` s)          -> 429
 
 Messages say what failed and what to do, and never contain a token or a password.
 """
@@ -38,6 +43,10 @@ class BotApiError(GatewayError):
 
 class BotApiUnavailable(BotApiError):
     """The Bot API server could not be reached or answered something that is not the Bot API."""
+
+
+class BotApiUnreachable(BotApiUnavailable):
+    """No connection to the Bot API server could be made: the request was certainly not sent."""
 
 
 class BotApiTimeout(BotApiError):
@@ -70,3 +79,24 @@ class BusUnavailable(BusError):
 
 class PublishFailed(BusError):
     """JetStream did not acknowledge a publish within the retries."""
+
+
+class InvalidRequest(GatewayError):
+    """A request to send something is malformed; ``str()`` is ``"<field>: <reason>"``."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class RateLimited(GatewayError):
+    """Telegram's limits would delay the message beyond the allowed wait; nothing was sent."""
+
+    def __init__(self, retry_after: int, message: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class IdempotencyUnavailable(GatewayError):
+    """The Idempotency-Key store (sqlite under GATEWAY_STATE_DIR) cannot be used right now."""

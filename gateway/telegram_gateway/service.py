@@ -11,11 +11,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from telegram_gateway import SERVICE_NAME
+from telegram_gateway import SERVICE_NAME, metrics
 from telegram_gateway.botapi import BotApiClient
 from telegram_gateway.bus import Bus
 from telegram_gateway.config import Settings
 from telegram_gateway.health import BotApiProbe, Check, Component
+from telegram_gateway.idempotency import IdempotencyStore
+from telegram_gateway.nats_api import OutboundService
+from telegram_gateway.poller import Poller
+from telegram_gateway.routing import load_routes
+from telegram_gateway.sender import Sender
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,24 @@ class Gateway:
         )
         self.components: list[Component] = [self.probe]
         self.started = False
+        # inbound: the routing rules (a bad file is a ConfigError at start-up) and one poller
+        # per bot; only the worker holding a bot's lock polls, the others stand by
+        self.router = load_routes(settings.routes_file, settings.bots)
+        self.pollers = {
+            bot_id: Poller(settings, client, self.bus, self.router)
+            for bot_id, client in self.clients.items()
+        }
+        for poller in self.pollers.values():
+            self.add(poller)
+        # outbound: one sender per worker behind POST /send and telegram.out.<bot>.<method>
+        self.sender = Sender(settings)
+        self.idempotency = IdempotencyStore(
+            settings.state_dir / "idempotency.sqlite3", settings.idempotency_ttl
+        )
+        self.outbound = OutboundService(settings, self.bus, self.sender, self.idempotency)
+        self.add(self.sender)
+        self.add(self.outbound)
+        self.bus.on_state_change(lambda up: metrics.NATS_CONNECTED.set(1 if up else 0))
 
     def add(self, component: Component) -> None:
         self.components.append(component)
@@ -43,6 +66,7 @@ class Gateway:
         if self.started:
             return
         self.started = True
+        metrics.NATS_CONNECTED.set(0)
         self.bus.start()
         for component in self.components:
             component.start()

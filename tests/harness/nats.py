@@ -48,7 +48,7 @@ class NatsServer:
             "jetstream {",
             f'  store_dir: "{self.store_dir / "js"}"',
             "}",
-            "lame_duck_duration: 5s",
+            "lame_duck_duration: 30s",  # nats-server 2.15 refuses less than 30 s
             "lame_duck_grace_period: 1s",
         ]
         if self.users:

@@ -1,0 +1,79 @@
+"""Fixtures of the verify step (pytest-testinfra, run by Molecule after converge).
+
+`host` is the converged container (testinfra's docker backend: `docker exec`, as root).
+The fake secrets are the files that the converge generated in Molecule's ephemeral
+directory (see molecule.yml); `probe` runs probe.py inside the container with the
+gateway's own interpreter and hands it parameters on stdin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+INSTANCE = "telegram-gateway-stack"
+BOT_ID = 7000000001  # public part of the test bot's token (molecule.yml: tgw_bot_id)
+PYTHON = "/opt/telegram-gateway/venv/bin/python"
+UNITS = ("nats-server.service", "telegram-bot-api.service", "telegram-gateway.service")
+HERE = Path(__file__).parent
+
+
+def _ephemeral() -> Path:
+    path = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    if not path:
+        pytest.exit("MOLECULE_EPHEMERAL_DIRECTORY is not set: run through `molecule verify`")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def secrets() -> dict[str, str]:
+    """The fake secrets of this run, by name (written by the password lookups); bot_token is
+    the whole token, bot_token_secret its secret part (what a leak check looks for)."""
+    folder = _ephemeral() / "secrets"
+    values = {f.name: f.read_text().split(" salt=")[0].strip() for f in sorted(folder.iterdir())}
+    assert values, f"no secrets in {folder}: has the scenario been converged?"
+    values["bot_token"] = f"{BOT_ID}:{values['bot_token_secret']}"
+    # api_id is an 8-digit number that identifies the application, not a secret (api_hash
+    # is); a substring search for it would find it by chance in timestamps and binaries
+    values.pop("api_id")
+    return values
+
+
+@pytest.fixture(scope="session")
+def probe():
+    """probe(name, **params) -> the JSON result of probe.py's probe_<name> in the container."""
+    subprocess.run(
+        ["docker", "cp", str(HERE / "probe.py"), f"{INSTANCE}:/root/probe.py"], check=True
+    )
+
+    def run(name: str, timeout: float = 180, **params: object) -> dict:
+        proc = subprocess.run(
+            ["docker", "exec", "-i", INSTANCE, PYTHON, "/root/probe.py", name],
+            input=json.dumps(params),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert proc.returncode == 0, f"probe {name} failed:\n{proc.stderr[-3000:]}"
+        return json.loads(proc.stdout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def agents(secrets: dict[str, str]) -> dict[str, object]:
+    """Parameters that let a probe act as an agent (NATS user `agents`)."""
+    return {
+        "bot_id": BOT_ID,
+        "agents_user": "agents",
+        "agents_password": secrets["nats_agents_password"],
+    }
+
+
+@pytest.fixture(scope="session")
+def inventory_dir() -> str:
+    return str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)

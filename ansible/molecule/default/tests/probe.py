@@ -1,0 +1,277 @@
+"""End-to-end probes that run INSIDE the converged container, on its loopback.
+
+Run with the gateway's interpreter (it has nats-py): the verify tests copy this file into the
+container and call
+
+    /opt/telegram-gateway/venv/bin/python /root/probe.py <probe>   < params.json
+
+Parameters (secrets included) arrive as JSON on stdin, never on the command line; the result
+is one JSON object on stdout. Only the standard library and nats-py are used. The probes act
+as the outside world does: the Bot API emulator's control API stands in for Telegram users,
+the `agents` NATS user stands in for an agent, curl-like HTTP calls for a service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+BOTAPI = "http://127.0.0.1:8081"
+GATEWAY = "http://127.0.0.1:8000"
+NATS_URL = "nats://127.0.0.1:4222"
+STREAM = "TELEGRAM"
+
+
+# --- HTTP --------------------------------------------------------------------------------------
+def http(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout=10.0
+) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        status = exc.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def control(method: str, path: str, body: Any = None) -> Any:
+    status, answer = http(method, f"{BOTAPI}/_emulator/{path}", body)
+    if status != 200 or not isinstance(answer, dict) or not answer.get("ok"):
+        raise RuntimeError(f"emulator control {method} {path}: {status} {answer}")
+    return answer["result"]
+
+
+def inject(bot_id: int, count: int) -> list[int]:
+    res = control(
+        "POST", "updates", {"bot_id": bot_id, "generate": {"count": count, "kinds": ["message"]}}
+    )
+    return list(range(res["first_update_id"], res["last_update_id"] + 1))
+
+
+def emulator_updates(bot_id: int, since: int) -> dict[int, Any]:
+    res = control("GET", f"updates?bot_id={bot_id}&since={since}")
+    return {u["update_id"]: u for u in res["updates"]}
+
+
+def healthz() -> tuple[int, Any]:
+    try:
+        return http("GET", f"{GATEWAY}/healthz", timeout=5)
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def systemctl(*args: str) -> str:
+    return subprocess.run(
+        ["systemctl", *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+# --- NATS (as the agents user) -----------------------------------------------------------------
+async def connect(p: dict[str, Any]) -> Any:
+    return await nats.connect(
+        NATS_URL,
+        user=p["agents_user"],
+        password=p["agents_password"],
+        connect_timeout=5,
+        max_reconnect_attempts=0,
+        allow_reconnect=False,
+    )
+
+
+async def last_seq(p: dict[str, Any]) -> int:
+    nc = await connect(p)
+    try:
+        info = await nc.jetstream().stream_info(STREAM)
+        return info.state.last_seq
+    finally:
+        await nc.close()
+
+
+async def read_stream(
+    p: dict[str, Any], start_seq: int, want: set[int], timeout: float
+) -> tuple[list[dict[str, Any]], float]:
+    """Messages of telegram.in.<bot>.> from start_seq until every wanted update id was seen
+    (or timeout); returns them with the seconds it took."""
+    nc = await connect(p)
+    started = time.monotonic()
+    seen: list[dict[str, Any]] = []
+    try:
+        js = nc.jetstream()
+        cfg = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(start_seq, 1),
+            inactive_threshold=30.0,
+        )
+        sub = await js.pull_subscribe(f"telegram.in.{p['bot_id']}.>", stream=STREAM, config=cfg)
+        ids: set[int] = set()
+        while not want <= ids and time.monotonic() - started < timeout:
+            try:
+                msgs = await sub.fetch(100, timeout=0.5)
+            except nats.errors.TimeoutError:
+                continue
+            for m in msgs:
+                update = json.loads(m.data)
+                ids.add(update.get("update_id"))
+                seen.append(
+                    {
+                        "subject": m.subject,
+                        "seq": m.metadata.sequence.stream,
+                        "headers": dict(m.headers or {}),
+                        "update": update,
+                    }
+                )
+                await m.ack()
+        await sub.unsubscribe()
+        return seen, time.monotonic() - started
+    finally:
+        await nc.close()
+
+
+# --- probes ------------------------------------------------------------------------------------
+def probe_inbound(p: dict[str, Any]) -> dict[str, Any]:
+    """Inject updates through the emulator; they must appear in stream TELEGRAM, on the right
+    subject, with the right headers and the payload exactly as the Bot API returned it."""
+    bot_id = p["bot_id"]
+    start = asyncio.run(last_seq(p)) + 1
+    t0 = time.monotonic()
+    ids = inject(bot_id, p.get("count", 3))
+    msgs, _ = asyncio.run(read_stream(p, start, set(ids), p.get("timeout", 5.0)))
+    elapsed = time.monotonic() - t0
+    originals = emulator_updates(bot_id, ids[0])
+    return {"injected": ids, "messages": msgs, "seconds": round(elapsed, 3), "originals": originals}
+
+
+def probe_chat(p: dict[str, Any]) -> dict[str, Any]:
+    """A private chat the emulator knows (made by injecting a message from a user)."""
+    ids = inject(p["bot_id"], 1)
+    update = emulator_updates(p["bot_id"], ids[0])[ids[0]]
+    return {"chat_id": update["message"]["chat"]["id"], "update_id": ids[0]}
+
+
+def probe_send_http(p: dict[str, Any]) -> dict[str, Any]:
+    body = {"chat_id": p["chat_id"], "text": p["text"]}
+    sent_before = len(control("GET", f"sent?bot_id={p['bot_id']}"))
+    results = {}
+    for name, headers in (
+        ("with_token", {"Authorization": f"Bearer {p['api_token']}"}),
+        ("without_token", {}),
+        ("wrong_token", {"Authorization": "Bearer not-the-token-0123456789"}),
+    ):
+        status, answer = http("POST", f"{GATEWAY}/send", body, headers, timeout=30)
+        results[name] = {"status": status, "body": answer}
+    sent = control("GET", f"sent?bot_id={p['bot_id']}")[sent_before:]
+    return {**results, "recorded": sent}
+
+
+async def _nats_request(p: dict[str, Any]) -> dict[str, Any]:
+    nc = await connect(p)
+    try:
+        subject = f"telegram.out.{p['bot_id']}.sendMessage"
+        payload = json.dumps({"chat_id": p["chat_id"], "text": p["text"]}).encode()
+        msg = await nc.request(subject, payload, timeout=15)
+        return {"subject": subject, "reply": json.loads(msg.data)}
+    finally:
+        await nc.close()
+
+
+def probe_nats_request(p: dict[str, Any]) -> dict[str, Any]:
+    sent_before = len(control("GET", f"sent?bot_id={p['bot_id']}"))
+    result = asyncio.run(_nats_request(p))
+    result["recorded"] = control("GET", f"sent?bot_id={p['bot_id']}")[sent_before:]
+    return result
+
+
+def probe_restarts(p: dict[str, Any]) -> dict[str, Any]:
+    """Updates keep arriving (one every `interval` s) while nats-server and then
+    telegram-bot-api are restarted; every injected update must reach the stream."""
+    bot_id = p["bot_id"]
+    start = asyncio.run(last_seq(p)) + 1
+    injected: list[int] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def injector() -> None:
+        while not stop.is_set():
+            try:
+                injected.extend(inject(bot_id, 1))
+            except (OSError, RuntimeError) as exc:  # the emulator restarting: try again
+                errors.append(type(exc).__name__)
+            stop.wait(p.get("interval", 0.1))
+
+    thread = threading.Thread(target=injector)
+    thread.start()
+    timeline = []
+    try:
+        for unit in p["units"]:
+            time.sleep(p.get("pause", 3.0))
+            t = time.monotonic()
+            systemctl("restart", unit)
+            timeline.append({"unit": unit, "restart_seconds": round(time.monotonic() - t, 2)})
+        time.sleep(p.get("pause", 3.0))
+    finally:
+        stop.set()
+        thread.join()
+    msgs, waited = asyncio.run(read_stream(p, start, set(injected), p.get("timeout", 60.0)))
+    got = [m["update"]["update_id"] for m in msgs]
+    return {
+        "injected": injected,
+        "received": got,
+        "inject_errors": len(errors),
+        "timeline": timeline,
+        "drain_seconds": round(waited, 2),
+    }
+
+
+def probe_kill9(p: dict[str, Any]) -> dict[str, Any]:
+    """kill -9 of the gateway's main process: systemd restarts it, /healthz is 200 again."""
+    unit = "telegram-gateway.service"
+    old = int(systemctl("show", "-p", "MainPID", "--value", unit))
+    restarts_before = int(systemctl("show", "-p", "NRestarts", "--value", unit))
+    t0 = time.monotonic()
+    subprocess.run(["kill", "-9", str(old)], check=True)
+    status, body, new = 0, None, old
+    while time.monotonic() - t0 < p.get("timeout", 30.0):
+        new = int(systemctl("show", "-p", "MainPID", "--value", unit))
+        if new not in (0, old):
+            status, body = healthz()
+            if status == 200:
+                break
+        time.sleep(0.25)
+    return {
+        "old_pid": old,
+        "new_pid": new,
+        "restarts_before": restarts_before,
+        "restarts_after": int(systemctl("show", "-p", "NRestarts", "--value", unit)),
+        "healthz_status": status,
+        "healthz": body,
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+
+
+def main() -> None:
+    params = json.load(sys.stdin)
+    probe = globals()[f"probe_{sys.argv[1]}"]
+    json.dump(probe(params), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""The one outbound path: every message from ``POST /send`` and from NATS goes through here.
+
+One :class:`Sender` per worker process, shared by all its greenlets. For each Bot API call it
+
+1. reserves a time slot within Telegram's limits (:mod:`telegram_gateway.pacing`, shared by all
+   workers on the host; too far away -> :class:`RateLimited`, nothing sent);
+2. sleeps until the slot, then calls the Bot API, bounded by ``GATEWAY_SEND_TIMEOUT``;
+3. on a 429 waits Telegram's ``retry_after`` and tries again (at most ``ATTEMPTS`` times, and
+   only while the extra wait stays within ``GATEWAY_SEND_MAX_WAIT``);
+4. on ``400`` with ``parameters.migrate_to_chat_id`` (a group became a supergroup) sends once
+   more to the new chat id, remembers the move for later messages, and reports it.
+
+Several messages (the parts of a long text) reserve consecutive slots at once, so they leave in
+order and nobody else's message to that chat gets between them.
+
+The HTTP layer is :mod:`telegram_gateway.outbound_http` (a lean keep-alive client that tells
+"never reached the Bot API" apart from "may have been sent").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from telegram_gateway import metrics
+from telegram_gateway.config import BotConfig, Settings
+from telegram_gateway.errors import (
+    BotApiError,
+    BotApiTimeout,
+    BotApiUnreachable,
+    GatewayError,
+    RateLimited,
+)
+from telegram_gateway.health import Check
+from telegram_gateway.outbound import Upload
+from telegram_gateway.outbound_http import BotApiTransport, Reply
+from telegram_gateway.pacing import PRIVATE_INTERVAL, Chat, Pacer
+from telegram_gateway.redact import redact
+
+logger = logging.getLogger(__name__)
+
+ATTEMPTS = 3  # Bot API calls per message at most (429 retries included)
+
+#: methods that put a message into a chat: paced per bot *and* per chat (Telegram's limits)
+CHAT_MESSAGE_METHODS = frozenset(
+    {
+        "sendMessage",
+        "sendPhoto",
+        "sendDocument",
+        "sendAudio",
+        "sendVideo",
+        "sendVoice",
+        "sendAnimation",
+        "sendVideoNote",
+        "sendSticker",
+        "sendMediaGroup",
+        "sendLocation",
+        "sendVenue",
+        "sendContact",
+        "sendPoll",
+        "sendDice",
+        "copyMessage",
+        "forwardMessage",
+    }
+)
+
+
+@dataclass
+class Delivery:
+    """What became of a send: the ``results`` of the messages that went out (in order), and
+    either nothing else (all sent) or the Telegram error envelope / gateway error that
+    stopped it. ``raw``: the Bot API's own bytes when a single call's envelope can be passed
+    on unchanged."""
+
+    results: list[Any] = field(default_factory=list)
+    telegram_error: dict[str, Any] | None = None
+    failure: GatewayError | None = None
+    migrated_to: int | None = None
+    raw: bytes | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.telegram_error is None and self.failure is None
+
+    @property
+    def final(self) -> bool:
+        """False when certainly nothing reached Telegram (refused by pacing, Bot API not
+        reachable, 429 to the end): a retry may send. True otherwise, ambiguous cases
+        (timeout, broken connection, 5xx) included."""
+        if self.results or self.ok:
+            return True
+        if self.failure is not None:
+            return not isinstance(self.failure, RateLimited | BotApiUnreachable)
+        assert self.telegram_error is not None
+        return self.telegram_error.get("error_code") != 429
+
+
+class Sender:
+    """Paced, retried sends for every bot of this worker (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: BotApiTransport | None = None,
+        pacer: Pacer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.transport = transport or BotApiTransport(settings.telegram_api_url)
+        self.pacer = pacer or Pacer(
+            settings.state_dir / "pacing", settings.send_max_wait, settings.send_pacing
+        )
+        self._moved: dict[tuple[int, str], int] = {}  # (bot, old chat) -> supergroup id
+
+    # component protocol: nothing runs in the background
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.pacer.close()
+        self.transport.close()
+
+    def checks(self) -> dict[str, Check]:
+        return {}
+
+    def longest(self, parts: int) -> float:
+        """An upper bound of how long sending ``parts`` messages can take, in seconds."""
+        s = self.settings
+        per_part = ATTEMPTS * (s.send_timeout + 1.0) + s.send_max_wait
+        return s.send_max_wait + parts * (PRIVATE_INTERVAL + per_part) + 5.0
+
+    def send(
+        self,
+        bot: BotConfig,
+        method: str,
+        parts: list[dict[str, Any]],
+        upload: Upload | None = None,
+    ) -> Delivery:
+        """Send ``method`` once per entry of ``parts`` (in order), paced and retried. Never
+        raises for Telegram or transport failures: they are in the :class:`Delivery`."""
+        delivery = Delivery()
+        label = str(bot.bot_id)
+        given = parts[0].get("chat_id") if parts else None
+        chat_id = self._moved.get((bot.bot_id, str(given)), given)
+        if chat_id != given:
+            delivery.migrated_to = chat_id
+        paced = method in CHAT_MESSAGE_METHODS
+        chat = Chat.of(chat_id) if paced else None
+        slots: list[float] = []
+        if paced:
+            try:
+                slots = self.pacer.reserve(bot.bot_id, chat, sum(_count(method, p) for p in parts))
+            except RateLimited as exc:
+                metrics.SENDS.labels(label, method, "refused").inc()
+                delivery.failure = exc
+                return delivery
+        reserved = time.time()
+        for index, part in enumerate(parts):
+            params = dict(part)
+            if "chat_id" in params:
+                params["chat_id"] = chat_id
+            if index < len(slots):
+                self.pacer.wait_turn(bot.bot_id, chat, slots[index])
+                metrics.SEND_WAIT.labels(label).observe(max(0.0, slots[index] - reserved))
+            fresh = paced and index >= len(slots)
+            reply, error = self._attempts(bot, method, params, upload, chat, fresh)
+            moved = _migrate_to(reply.envelope) if reply is not None else None
+            if moved is not None and delivery.migrated_to is None and "chat_id" in params:
+                # the group is a supergroup now: this part and the rest go there
+                self._remember_move(bot, chat_id, moved)
+                self.pacer.cancel(bot.bot_id, chat, slots[index + 1 :])
+                slots = slots[: index + 1]
+                chat_id = delivery.migrated_to = params["chat_id"] = moved
+                chat = Chat.of(moved) if paced else None
+                reply, error = self._attempts(bot, method, params, upload, chat, paced)
+            if error is not None:
+                delivery.failure = error
+            elif reply is not None and reply.envelope.get("ok"):
+                delivery.results.append(reply.envelope.get("result"))
+                delivery.raw = reply.raw if len(parts) == 1 else None
+            elif reply is not None:
+                delivery.telegram_error = reply.envelope
+            if not delivery.ok:
+                self.pacer.cancel(bot.bot_id, chat, slots[index + 1 :])
+                break
+        if delivery.migrated_to is not None:
+            delivery.raw = None
+        return delivery
+
+    # ---- one message, with 429 retries -----------------------------------------------------
+    def _attempts(
+        self,
+        bot: BotConfig,
+        method: str,
+        params: dict[str, Any],
+        upload: Upload | None,
+        chat: Chat | None,
+        fresh_slot: bool,
+    ) -> tuple[Reply | None, GatewayError | None]:
+        """Call the Bot API for one message, retrying after 429s; the last reply, or the
+        gateway error that ended it."""
+        label = str(bot.bot_id)
+        budget = self.settings.send_max_wait  # extra seconds this message may wait
+        reply: Reply | None = None
+        for attempt in range(ATTEMPTS):
+            if fresh_slot:
+                started = time.time()
+                try:
+                    (slot,) = self.pacer.reserve(bot.bot_id, chat, 1, max_wait=budget)
+                except RateLimited as exc:
+                    metrics.SENDS.labels(label, method, "refused").inc()
+                    return reply, exc
+                waited = time.time()
+                self.pacer.wait_turn(bot.bot_id, chat, slot)
+                budget -= time.time() - waited
+                metrics.SEND_WAIT.labels(label).observe(max(0.0, slot - started))
+            if upload is not None:
+                upload.stream.seek(0)
+            began = time.perf_counter()
+            try:
+                reply = self.transport.call(
+                    bot.token, method, params, upload, self.settings.send_timeout
+                )
+            except BotApiError as exc:
+                status = "timeout" if isinstance(exc, BotApiTimeout) else "unavailable"
+                metrics.SENDS.labels(label, method, status).inc()
+                logger.warning("bot %s: %s", bot.label, redact(str(exc)))
+                return None, exc
+            finally:
+                metrics.SEND_SECONDS.labels(method).observe(time.perf_counter() - began)
+            envelope = reply.envelope
+            if envelope.get("ok"):
+                metrics.SENDS.labels(label, method, "ok").inc()
+                return reply, None
+            code = envelope.get("error_code")
+            metrics.SENDS.labels(label, method, str(code)).inc()
+            if code != 429:
+                return reply, None
+            metrics.BOTAPI_429.labels(label).inc()
+            retry_after = _retry_after(envelope)
+            logger.warning(
+                "bot %s: the Bot API answered 429 to %s (retry after %s s, attempt %d/%d)",
+                bot.label,
+                method,
+                retry_after,
+                attempt + 1,
+                ATTEMPTS,
+            )
+            if attempt + 1 >= ATTEMPTS or retry_after > budget:
+                return reply, None
+            time.sleep(retry_after)
+            budget -= retry_after
+            fresh_slot = method in CHAT_MESSAGE_METHODS
+        return reply, None
+
+    def _remember_move(self, bot: BotConfig, old: Any, new: int) -> None:
+        if len(self._moved) > 10000:
+            self._moved.clear()
+        self._moved[(bot.bot_id, str(old))] = new
+        logger.info("bot %s: chat %s moved to supergroup %s", bot.label, old, new)
+
+
+def _count(method: str, params: Mapping[str, Any]) -> int:
+    """How many messages one call puts into the chat (an album: one per item)."""
+    if method == "sendMediaGroup":
+        media = params.get("media")
+        if isinstance(media, list) and media:
+            return min(len(media), 10)
+    return 1
+
+
+def _retry_after(envelope: Mapping[str, Any]) -> float:
+    parameters = envelope.get("parameters")
+    value = parameters.get("retry_after") if isinstance(parameters, dict) else None
+    try:
+        return max(0.0, float(value)) if value is not None else 1.0
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def _migrate_to(envelope: Mapping[str, Any]) -> int | None:
+    if envelope.get("error_code") != 400:
+        return None
+    parameters = envelope.get("parameters")
+    value = parameters.get("migrate_to_chat_id") if isinstance(parameters, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

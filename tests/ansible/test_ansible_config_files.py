@@ -1,0 +1,242 @@
+"""Configuration files as the roles render them: nats-server.conf, environment files, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROUTES, FakeSecrets, Rendered, tool
+
+
+def parse_environment_file(text: str) -> dict[str, str]:
+    """The subset of systemd's EnvironmentFile= syntax the roles write: KEY="value" with
+    backslash escapes of " \\ ` $ inside the double quotes (systemd's SHELL_NEED_ESCAPE)."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"', line)
+        assert match, f'not a KEY="value" line: {line!r}'
+        raw, value, i = match.group(2), [], 0
+        while i < len(raw):
+            if raw[i] == "\\" and i + 1 < len(raw) and raw[i + 1] in '"\\`$':
+                value.append(raw[i + 1])
+                i += 2
+            else:
+                value.append(raw[i])
+                i += 1
+        values[match.group(1)] = "".join(value)
+    return values
+
+
+@pytest.mark.unit
+def test_nats_config_is_valid_for_nats_server(rendered: Rendered) -> None:
+    for name in ("nats-server.conf", "nats-server-live.conf"):
+        result = subprocess.run(
+            [tool("nats-server"), "-t", "-c", str(rendered.path(name))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.unit
+def test_nats_config_listens_on_loopback_with_jetstream(rendered: Rendered) -> None:
+    conf = rendered.text("nats-server.conf")
+    assert re.search(r'^host: "127\.0\.0\.1"$', conf, re.M)
+    assert re.search(r"^port: 4222$", conf, re.M)
+    assert re.search(r'^http: "127\.0\.0\.1:8222"$', conf, re.M)
+    assert re.search(r'store_dir: "/var/lib/nats"', conf)
+
+
+@pytest.mark.unit
+def test_nats_config_keeps_only_bcrypt_hashes(
+    rendered: Rendered, fake_secrets: FakeSecrets
+) -> None:
+    conf = rendered.text("nats-server.conf")
+    for secret in fake_secrets.values():
+        assert secret not in conf
+    hashes = re.findall(r'user: "([^"]+)", password: "(\$2[aby]\$11\$[./A-Za-z0-9]{53})"', conf)
+    assert [user for user, _ in hashes] == ["telegram-gateway", "agents"]
+
+
+@pytest.mark.unit
+def test_nats_password_hashes_only_change_with_the_password(rendered: Rendered) -> None:
+    """A second run keeps the hashes (0 changed); a new password gets a new hash."""
+
+    def hashes(name: str) -> dict[str, str]:
+        return dict(re.findall(r'user: "([^"]+)", password: "([^"]+)"', rendered.text(name)))
+
+    assert re.search(r"Render nats-server\.conf again\] \*+\nok:", rendered.log), rendered.log
+    before, after = hashes("nats-server.conf"), hashes("nats-server-rotated.conf")
+    assert after["telegram-gateway"] == before["telegram-gateway"]
+    assert after["agents"] != before["agents"]
+
+
+@pytest.mark.unit
+def test_bot_api_environment_file(rendered: Rendered, fake_secrets: FakeSecrets) -> None:
+    env = parse_environment_file(rendered.text("telegram-bot-api.env"))
+    assert env == {
+        "TELEGRAM_API_ID": fake_secrets.api_id,
+        "TELEGRAM_API_HASH": fake_secrets.api_hash,
+        "EMULATOR_BOT_TOKENS": ",".join(fake_secrets.bot_tokens),
+    }
+
+
+@pytest.mark.unit
+def test_gateway_environment_file(rendered: Rendered, fake_secrets: FakeSecrets) -> None:
+    env = parse_environment_file(rendered.text("telegram-gateway.env"))
+    assert env == {
+        "TELEGRAM_API_URL": "http://127.0.0.1:8081",
+        "TELEGRAM_BOT_TOKENS": ",".join(fake_secrets.bot_tokens),
+        "NATS_URL": "nats://127.0.0.1:4222",
+        "NATS_USER": "telegram-gateway",
+        # quotes, backslash, backtick and dollar survive systemd's unescaping
+        "NATS_PASSWORD": fake_secrets.nats_gateway_password,
+        "GATEWAY_API_TOKEN": fake_secrets.gateway_api_token,
+        "GATEWAY_ROUTES_FILE": "/etc/telegram-gateway/routes.yml",
+        "GATEWAY_STATE_DIR": "/var/lib/telegram-gateway",
+        "GATEWAY_BIND": "127.0.0.1:8000",
+        "GATEWAY_WORKERS": "2",
+        "GATEWAY_LOG_LEVEL": "INFO",
+        "GATEWAY_STREAM_MAX_AGE": "3600",
+    }
+
+
+@pytest.mark.unit
+def test_gateway_environment_is_accepted_by_the_gateway_settings(
+    rendered: Rendered, tmp_path: Path
+) -> None:
+    config = pytest.importorskip("telegram_gateway.config")
+    env = parse_environment_file(rendered.text("telegram-gateway.env"))
+    routes = tmp_path / "routes.yml"
+    routes.write_text(rendered.text("routes.yml"))
+    env["GATEWAY_ROUTES_FILE"] = str(routes)
+    env["GATEWAY_STATE_DIR"] = str(tmp_path)
+    settings = config.load_settings(env)
+    assert len(settings.bots) == 2
+    routing = pytest.importorskip("telegram_gateway.routing")
+    if hasattr(routing, "load_routes"):
+        routing.load_routes(routes, settings.bots)
+
+
+@pytest.mark.unit
+def test_routes_file_is_the_routes_variable(rendered: Rendered) -> None:
+    assert yaml.safe_load(rendered.text("routes.yml")) == {"routes": ROUTES}
+
+
+# --- a live nats-server with the rendered configuration ---
+
+
+@pytest.fixture
+def live_nats(rendered: Rendered):
+    proc = subprocess.Popen(
+        [tool("nats-server"), "-c", str(rendered.live_nats_conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"nats://127.0.0.1:{rendered.live_nats_port}"
+    deadline = time.monotonic() + 15
+    import socket
+
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", rendered.live_nats_port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"nats-server did not start: {proc.stderr.read()}")
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.integration
+def test_rendered_nats_users_have_the_intended_permissions(
+    live_nats: str, fake_secrets: FakeSecrets
+) -> None:
+    nats = pytest.importorskip("nats")
+    from nats.errors import NoRespondersError, TimeoutError
+
+    async def scenario() -> None:
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        with pytest.raises(Exception):  # noqa: B017 - any auth failure will do
+            await nats.connect(
+                live_nats,
+                user="telegram-gateway",
+                password="wrong",
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=2,
+            )
+        gateway = await nats.connect(
+            live_nats,
+            user="telegram-gateway",
+            password=fake_secrets.nats_gateway_password,
+            error_cb=on_error,
+            allow_reconnect=False,
+        )
+        agents = await nats.connect(
+            live_nats,
+            user="agents",
+            password=fake_secrets.nats_agents_password,
+            error_cb=on_error,
+            allow_reconnect=False,
+        )
+        try:
+            # the gateway manages the stream and publishes updates into it
+            js = gateway.jetstream()
+            await js.add_stream(name="TELEGRAM", subjects=["telegram.in.>"])
+            await js.publish("telegram.in.1.message", b"{}", headers={"Nats-Msg-Id": "1:1"})
+            # agents read it with a consumer and ack
+            agents_js = agents.jetstream()
+            sub = await agents_js.pull_subscribe(
+                "telegram.in.>", durable="agent", stream="TELEGRAM"
+            )
+            messages = await sub.fetch(1, timeout=5)
+            assert messages[0].data == b"{}"
+            await messages[0].ack()
+
+            # agents request sends; the gateway answers on telegram.out.>
+            async def answer(msg) -> None:
+                await msg.respond(b'{"ok":true}')
+
+            await gateway.subscribe("telegram.out.>", queue="telegram-gateway", cb=answer)
+            await gateway.flush()
+            reply = await agents.request("telegram.out.1.sendMessage", b"{}", timeout=5)
+            assert reply.data == b'{"ok":true}'
+            # agents must not inject updates nor manage the stream
+            errors.clear()
+            await agents.publish("telegram.in.1.message", b"forged")
+            await agents.flush()
+            with pytest.raises((NoRespondersError, TimeoutError, Exception)):
+                await agents.request("$JS.API.STREAM.DELETE.TELEGRAM", b"", timeout=2)
+            await asyncio.sleep(0.3)
+            assert any("permissions violation" in e.lower() for e in errors), errors
+            info = await js.stream_info("TELEGRAM")
+            assert info.state.messages == 1
+        finally:
+            await agents.close()
+            await gateway.close()
+
+    asyncio.run(scenario())

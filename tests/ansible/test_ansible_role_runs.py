@@ -1,0 +1,307 @@
+"""The roles run for real by ansible-playbook against this machine (connection local), in
+``--check --diff`` mode, one fake host per case; a module makes each look like a Debian 12 host
+with systemd (the facts the preflight asserts), nothing is gathered or changed.
+
+- **Preflight** (``include_role`` with ``tasks_from: preflight.yml``): valid settings pass,
+  every invalid one fails before any change with a message that names the variable to set,
+  and a rejected secret is never shown.
+- **Check mode on a fresh host** (whole ``tasks/main.yml`` of nats_server and
+  telegram_bot_api: preflight, install, configure, handlers, service): succeeds, reports the
+  changes it would make, prints no secret and changes nothing on this machine. The
+  nats-server release comes from a ``file://`` URL (a tarball made here), so the controller
+  side of the URL mode (download, checksum, unpack) runs for real — twice: the second time it
+  changes nothing. (telegram_gateway copies every source file with a module call of its own,
+  too slow for this tier; Molecule converges it in a real systemd container.)
+
+All cases run in one ansible-playbook invocation to keep this tier fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import REPO, ROLES_DIR, ansible_env, fake_bot_token, install_fake_facts, run, tool
+
+pytestmark = pytest.mark.unit
+
+PLAYBOOK = [
+    {
+        "name": "One role per host",
+        "hosts": "all",
+        "gather_facts": False,
+        "tasks": [
+            {
+                "name": "Pretend to be a Debian 12 host with systemd",
+                "fake_facts": {},
+                "tags": ["always"],
+            },
+            # two tasks, not one with a templated tasks_from: hosts that include the same role
+            # from one task share the first host's tasks_from
+            {
+                "name": "Run the preflight of the role",
+                "ansible.builtin.include_role": {
+                    "name": "{{ case_role }}",
+                    "tasks_from": "preflight.yml",
+                },
+                "when": "case_tasks == 'preflight.yml'",
+                "tags": ["always"],
+            },
+            {
+                "name": "Run the whole role",
+                "ansible.builtin.include_role": {"name": "{{ case_role }}"},
+                "when": "case_tasks == 'main.yml'",
+                "tags": ["always"],
+            },
+        ],
+    }
+]
+# what check mode must leave alone on this machine
+TOUCHED = [
+    Path("/etc/nats-server"),
+    Path("/etc/telegram-bot-api"),
+    Path("/etc/systemd/system/nats-server.service"),
+    Path("/etc/systemd/system/telegram-bot-api.service"),
+    Path("/etc/systemd/system/telegram-bot-api-restart.timer"),
+    Path("/usr/local/bin/nats-server"),
+    Path("/usr/local/bin/telegram-bot-api"),
+]
+
+
+def _valid(role: str) -> dict[str, Any]:
+    if role == "nats_server":
+        return {
+            "nats_server_gateway_password": secrets.token_urlsafe(24),
+            "nats_server_agents_password": secrets.token_urlsafe(24),
+            "nats_server_binary_src": str(Path(sys.executable).resolve()),
+        }
+    if role == "telegram_bot_api":
+        return {
+            "telegram_bot_api_api_id": 12345,
+            "telegram_bot_api_api_hash": secrets.token_hex(16),
+            "telegram_bot_api_binary_src": str(Path(sys.executable).resolve()),
+        }
+    return {
+        "telegram_gateway_bot_tokens": [fake_bot_token()],
+        "telegram_gateway_api_token": secrets.token_urlsafe(24),
+        "telegram_gateway_nats_password": secrets.token_urlsafe(24),
+        "telegram_gateway_src_dir": str(REPO / "gateway"),
+        "telegram_gateway_requirements_file": str(REPO / "requirements.txt"),
+    }
+
+
+BAD_TOKEN = f"{secrets.randbelow(10**9) + 1}:{secrets.token_urlsafe(8)}"  # secret too short
+HIDDEN_HASH = secrets.token_hex(15) + "zz"  # 32 characters, not hexadecimal
+
+# case: (role, changes to the valid settings, text the failure must contain or None = passes)
+CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
+    "nats_ok": ("nats_server", {}, None),
+    "nats_no_password": (
+        "nats_server",
+        {"nats_server_gateway_password": ""},
+        "nats_server_gateway_password",
+    ),
+    "nats_public_host": ("nats_server", {"nats_server_host": "0.0.0.0"}, "nats_server_host"),
+    "nats_short_lame_duck": (
+        "nats_server",
+        {"nats_server_lame_duck_duration": 5},
+        "nats_server_lame_duck_duration",
+    ),
+    "nats_missing_binary": (
+        "nats_server",
+        {"nats_server_binary_src": "/nonexistent/nats-server"},
+        "nats_server_binary_src",
+    ),
+    "botapi_url_ok": (
+        "telegram_bot_api",
+        {
+            "telegram_bot_api_binary_src": "",
+            "telegram_bot_api_binary_url": "https://artifacts.example.org/telegram-bot-api",
+            "telegram_bot_api_binary_checksum": "sha256:" + "0" * 64,
+        },
+        None,
+    ),
+    "botapi_no_binary": (
+        "telegram_bot_api",
+        {"telegram_bot_api_binary_src": ""},
+        "telegram_bot_api_binary_src",
+    ),
+    "botapi_bad_hash": (
+        "telegram_bot_api",
+        {"telegram_bot_api_api_hash": HIDDEN_HASH},
+        "telegram_bot_api_api_hash",
+    ),
+    "botapi_public_stats": (
+        "telegram_bot_api",
+        {
+            "telegram_bot_api_http_stat_port": 8082,
+            "telegram_bot_api_http_stat_ip_address": "0.0.0.0",
+        },
+        "telegram_bot_api_http_stat_ip_address",
+    ),
+    "botapi_username_option": (
+        "telegram_bot_api",
+        {"telegram_bot_api_extra_args": ["--username=telegram-bot-api"]},
+        "--username",
+    ),
+    "botapi_bad_calendar": (
+        "telegram_bot_api",
+        {"telegram_bot_api_restart_on_calendar": "every full moon"},
+        "telegram_bot_api_restart_on_calendar",
+    ),
+    "gateway_ok": ("telegram_gateway", {}, None),
+    "gateway_bad_token": (
+        "telegram_gateway",
+        {"telegram_gateway_bot_tokens": [fake_bot_token(), BAD_TOKEN]},
+        "entry number 2",
+    ),
+    "gateway_public_bind": (
+        "telegram_gateway",
+        {"telegram_gateway_bind_host": "0.0.0.0"},
+        "telegram_gateway_bind_host",
+    ),
+    "gateway_short_api_token": (
+        "telegram_gateway",
+        {"telegram_gateway_api_token": "short"},
+        "telegram_gateway_api_token",
+    ),
+    "gateway_extra_env_overrides_a_setting": (
+        "telegram_gateway",
+        {"telegram_gateway_extra_env": {"NATS_URL": "nats://192.0.2.1:4222"}},
+        "telegram_gateway_extra_env",
+    ),
+}
+
+
+def _results(report: dict[str, Any], host: str) -> list[tuple[str, dict[str, Any]]]:
+    """(task name without the "<role> : " prefix, result) of every task ``host`` ran."""
+    return [
+        (task["task"]["name"].split(" : ", 1)[-1], task["hosts"][host])
+        for play in report["plays"]
+        for task in play["tasks"]
+        if host in task["hosts"]
+    ]
+
+
+def _failure(report: dict[str, Any], host: str) -> str | None:
+    for _, result in _results(report, host):
+        if result.get("failed"):
+            return str(result.get("msg", result))
+    return None
+
+
+class Runs:
+    def __init__(self, reports: list[dict[str, Any]], outputs: list[str], secrets: list[str]):
+        self.reports = reports
+        self.outputs = outputs
+        self.secrets = secrets
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    before = {path: path.exists() for path in TOUCHED}
+    tmp = tmp_path_factory.mktemp("roles")
+    fake_facts_env = install_fake_facts(tmp)
+    # a release archive shaped like GitHub's, holding this machine's nats-server
+    release = "nats-server-v9.9.9-linux-amd64"
+    archive = tmp / f"{release}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tool("nats-server"), arcname=f"{release}/nats-server")
+    checksum = hashlib.sha256(archive.read_bytes()).hexdigest()
+
+    hosts: dict[str, dict[str, Any]] = {}
+    for case, (role, changes, _) in CASES.items():
+        hosts[case] = {"case_role": role, "case_tasks": "preflight.yml", **_valid(role), **changes}
+    hosts["check_nats"] = {
+        "case_role": "nats_server",
+        "case_tasks": "main.yml",
+        **_valid("nats_server"),
+        "nats_server_binary_src": "",
+        "nats_server_binary_url": archive.as_uri(),
+        "nats_server_binary_checksum": f"sha256:{checksum}",
+        "nats_server_local_cache_path": str(tmp / "cache"),
+    }
+    hosts["check_botapi"] = {
+        "case_role": "telegram_bot_api",
+        "case_tasks": "main.yml",
+        **_valid("telegram_bot_api"),
+        "telegram_bot_api_restart_on_calendar": "Sun *-*-* 04:00:00",
+    }
+    for host in hosts.values():
+        host.update(ansible_connection="local", ansible_python_interpreter=sys.executable)
+    (tmp / "inventory.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
+    (tmp / "roles.yml").write_text(yaml.safe_dump(PLAYBOOK, sort_keys=False))
+
+    command = [tool("ansible-playbook"), "-i", "inventory.yml", "roles.yml", "--check", "--diff"]
+    reports, outputs = [], []
+    # the second run repeats only the nats-server download and unpacking (install phase)
+    for extra in (["--forks", "50"], ["--limit", "check_nats", "--tags", "nats_server_install"]):
+        result = run(
+            command + extra,
+            cwd=tmp,
+            env=ansible_env(
+                ANSIBLE_ROLES_PATH=str(ROLES_DIR),
+                ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+                **fake_facts_env,
+            ),
+            timeout=300,
+        )
+        start = result.stdout.find("{")
+        assert start >= 0, result.stdout + result.stderr
+        reports.append(json.loads(result.stdout[start:]))
+        outputs.append(result.stdout + result.stderr)
+    assert {path: path.exists() for path in TOUCHED} == before, "check mode changed this machine"
+    watched = [BAD_TOKEN, BAD_TOKEN.split(":")[1], HIDDEN_HASH]
+    for name in ("check_nats", "check_botapi"):
+        watched += [
+            value for key, value in hosts[name].items() if key.endswith(("_password", "_api_hash"))
+        ]
+    return Runs(reports, outputs, watched)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_preflight(runs: Runs, case: str) -> None:
+    _, _, expected = CASES[case]
+    failure = _failure(runs.reports[0], case)
+    if expected is None:
+        assert failure is None, failure
+    else:
+        assert failure is not None, f"{case}: preflight passed but should fail naming {expected}"
+        assert expected in failure, failure
+
+
+@pytest.mark.parametrize("host", ["check_nats", "check_botapi"])
+def test_check_mode_on_a_fresh_host_succeeds_and_shows_the_changes(runs: Runs, host: str) -> None:
+    report = runs.reports[0]
+    stats = report["stats"][host]
+    assert stats["failures"] == 0 and stats["unreachable"] == 0, _failure(report, host)
+    changed = [name for name, result in _results(report, host) if result.get("changed")]
+    assert any("systemd unit" in name for name in changed), changed
+    assert any("system user" in name for name in changed), changed
+    # the handlers and the service tasks skip in check mode instead of failing
+    results = dict(_results(report, host))
+    role = "nats-server" if host == "check_nats" else "telegram-bot-api"
+    assert results[f"Ensure {role} is enabled and running"].get("skipped")
+    assert results[f"Restart {role}"].get("skipped")
+
+
+def test_url_mode_fetches_and_unpacks_on_the_controller_once(runs: Runs) -> None:
+    first, second = (dict(_results(report, "check_nats")) for report in runs.reports)
+    download = "Download the nats-server release archive (checksum verified)"
+    unpack = "Unpack the nats-server binary from the release archive"
+    assert first[download]["changed"] and first[unpack]["changed"]
+    assert not second[download]["changed"] and not second[unpack]["changed"]
+    assert second["Install the nats-server binary"]["changed"]  # still check mode: not installed
+
+
+def test_no_secret_is_ever_printed(runs: Runs) -> None:
+    for output in runs.outputs:
+        for secret in runs.secrets:
+            assert secret not in output

@@ -1,0 +1,236 @@
+"""Pure functions of the emulator: formatting, tokens, multipart, queues, flood windows."""
+
+from __future__ import annotations
+
+import asyncio
+from types import ModuleType
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+class TestFormatting:
+    def test_html(self, emulator_module: ModuleType) -> None:
+        text, entities = emulator_module.parse_html(
+            '<b>a<i>b</i></b> &lt;x&gt; &#128512; <span class="tg-spoiler">s</span> '
+            '<a href="tg://user?id=42">u</a> <pre><code class="language-py">p</code></pre>'
+        )
+        assert text == "ab <x> 😀 s u p"
+        assert entities == [
+            {"offset": 0, "length": 2, "type": "bold"},
+            {"offset": 1, "length": 1, "type": "italic"},
+            {"offset": 10, "length": 1, "type": "spoiler"},
+            {"offset": 12, "length": 1, "type": "text_mention", "user": {"id": 42}},
+            {"offset": 14, "length": 1, "type": "pre", "language": "py"},
+        ]
+
+    @pytest.mark.parametrize(
+        ("source", "message"),
+        [
+            ("<x>a</x>", 'Unsupported start tag "x" at byte offset 0'),
+            ("a</b>", "Unexpected end tag at byte offset 1"),
+            ("<b>a</i>", 'Unmatched end tag at byte offset 4, expected "</b>", found "</i>"'),
+            ("<b", "Unclosed start tag at byte offset 0"),
+            ("<span>x</span>", 'Unsupported start tag "span" at byte offset 0'),
+        ],
+    )
+    def test_html_errors(self, emulator_module: ModuleType, source: str, message: str) -> None:
+        with pytest.raises(emulator_module.EntityParseError, match=message.replace("/", ".")):
+            emulator_module.parse_html(source)
+
+    def test_markdown_v2(self, emulator_module: ModuleType) -> None:
+        text, entities = emulator_module.parse_markdown_v2(
+            "*bold _both_*\n[link](https://t\\.me) ```py\nx = 1\n``` \\!\n>quote"
+        )
+        assert text == "bold both\nlink x = 1\n !\nquote"
+        assert [e["type"] for e in entities] == [
+            "bold",
+            "italic",
+            "text_link",
+            "pre",
+            "blockquote",
+        ]
+        assert entities[2]["url"] == "https://t.me"
+        assert entities[3]["language"] == "py"
+
+    def test_markdown_v2_errors(self, emulator_module: ModuleType) -> None:
+        with pytest.raises(emulator_module.EntityParseError, match="Character '!' is reserved"):
+            emulator_module.parse_markdown_v2("hi!")
+        with pytest.raises(emulator_module.EntityParseError, match="Can't find end of Bold"):
+            emulator_module.parse_markdown_v2("*open")
+
+    def test_legacy_markdown(self, emulator_module: ModuleType) -> None:
+        text, entities = emulator_module.parse_markdown("_i_ *b* `c` \\* 🚀 [t](u)")
+        assert text == "i b c * 🚀 t"
+        assert [(e["type"], e["offset"]) for e in entities] == [
+            ("italic", 0),
+            ("bold", 2),
+            ("code", 4),
+            ("text_link", 11),
+        ]
+
+    def test_utf16_offsets_and_auto_entities(self, emulator_module: ModuleType) -> None:
+        text = "🚀 /start@my_bot #tag @someone mail@example.org http://x.org/a."
+        found = emulator_module.auto_entities(text, [])
+        assert [(e["type"], e["offset"], e["length"]) for e in found] == [
+            ("bot_command", 3, 13),
+            ("hashtag", 17, 4),
+            ("mention", 22, 8),
+            ("email", 31, 16),
+            ("url", 48, 14),
+        ]
+        assert emulator_module.utf16_len("a🚀") == 3
+
+    def test_no_auto_entities_inside_code(self, emulator_module: ModuleType) -> None:
+        existing = [{"offset": 0, "length": 6, "type": "code"}]
+        assert emulator_module.auto_entities("/start", existing) == existing
+
+
+class TestTokensAndRouting:
+    def test_parse_token(self, emulator_module: ModuleType) -> None:
+        assert emulator_module.parse_token("123:" + "a" * 24) == 123
+        for token, status in [
+            ("", 401),
+            ("0123:" + "a" * 30, 401),
+            ("12/3:" + "a" * 30, 401),
+            ("x:" + "a" * 30, 421),
+            ("-5:" + "a" * 30, 401),
+            ("123:" + "a" * 23, 401),
+            ("123:" + "a" * 81, 401),
+        ]:
+            with pytest.raises(emulator_module.TokenError) as caught:
+                emulator_module.parse_token(token)
+            assert caught.value.status == status, token
+        with pytest.raises(emulator_module.TokenError):
+            emulator_module.parse_token("124:" + "a" * 30, 1, 2)
+
+    def test_redaction(self, emulator_module: ModuleType) -> None:
+        line = "GET /bot123456:" + "A" * 27 + "_-x/getMe"
+        assert emulator_module.redact_text(line) == "GET /bot123456:<redacted>/getMe"
+
+    def test_loopback_peers(self, emulator_module: ModuleType) -> None:
+        for host in ("127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"):
+            assert emulator_module.is_loopback(host)
+        for host in ("10.0.0.1", "192.168.1.2", "::ffff:10.0.0.1", "fe80::1", ""):
+            assert not emulator_module.is_loopback(host)
+
+    def test_update_type(self, emulator_module: ModuleType) -> None:
+        assert emulator_module.update_type_of({"update_id": 1, "x_new": {}, "message": {}}) == (
+            "message"
+        )
+        assert emulator_module.update_type_of({"update_id": 1, "brand_new": {}}) == "brand_new"
+
+    def test_chat_type_by_id(self, emulator_module: ModuleType) -> None:
+        assert emulator_module.chat_type_by_id(5) == "private"
+        assert emulator_module.chat_type_by_id(-5) == "group"
+        assert emulator_module.chat_type_by_id(-1001234567890) == "supergroup"
+
+
+class TestMultipart:
+    def test_parts(self, emulator_module: ModuleType) -> None:
+        body = (
+            b"preamble\r\n--XYZ\r\n"
+            b'Content-Disposition: form-data; name="chat_id"\r\n\r\n42\r\n'
+            b"--XYZ\r\n"
+            b'Content-Disposition: form-data; name="document"; filename="a \\"b\\".txt"\r\n'
+            b"Content-Type: text/plain\r\n\r\nline1\r\n--XY not the end\r\n"
+            b"--XYZ\r\n"
+            b"Content-Disposition: form-data; name=\"n\"; filename*=UTF-8''%C3%A9.txt\r\n\r\n"
+            b"\r\n--XYZ--\r\n"
+        )
+        parts = emulator_module.parse_multipart(body, b"XYZ")
+        assert [(p.name, p.filename, p.data) for p in parts] == [
+            ("chat_id", None, b"42"),
+            ("document", 'a "b".txt', b"line1\r\n--XY not the end"),
+            ("n", "é.txt", b""),
+        ]
+        assert parts[1].content_type == "text/plain"
+
+    def test_malformed(self, emulator_module: ModuleType) -> None:
+        for body in (b"no boundary", b"--XYZ\r\nContent-Disposition: form-data\r\n\r\nx"):
+            with pytest.raises(ValueError):
+                emulator_module.parse_multipart(body, b"XYZ")
+
+
+def make_bot(module: ModuleType, count: int, types: list[str] | None = None):
+    bot = module.BotState(
+        id=1, token="1:" + "a" * 24, first_name="B", username="b_bot", next_update_id=100
+    )
+    for index in range(count):
+        kind = types[index] if types else "message"
+        bot.append_update(b'{"update_id":%d}' % (100 + index), kind)
+    bot.next_update_id = 100 + count
+    return bot
+
+
+class TestQueue:
+    def test_confirm_and_collect(self, emulator_module: ModuleType) -> None:
+        bot = make_bot(emulator_module, 10)
+        assert len(bot.collect(3)) == 3
+        assert bot.confirm(105) is True and bot.pending_count == 5
+        assert bot.confirm(50) is False
+        assert bot.confirm(-2) is True and bot.collect(100) == [
+            b'{"update_id":108}',
+            b'{"update_id":109}',
+        ]
+        assert bot.confirm(10_000) is True and bot.pending_count == 0
+
+    def test_filtered_head_is_dropped(self, emulator_module: ModuleType) -> None:
+        types = ["chat_member", "chat_member", "message", "chat_member", "message"]
+        bot = make_bot(emulator_module, 5, types)
+        assert bot.collect(100) == [b'{"update_id":102}', b'{"update_id":104}']
+        assert bot.first_pending_id() == 102
+        bot.allowed_updates = ["chat_member"]
+        assert bot.collect(1) == [b'{"update_id":103}']
+
+
+class TestFlood:
+    def test_windows(self, emulator_module: ModuleType) -> None:
+        limits = emulator_module.Limits()
+        flood = emulator_module.FloodState()
+        private = emulator_module.ChatState(1, "private")
+        group = emulator_module.ChatState(-1, "group")
+        now = 1000.0
+        for _ in range(3):
+            assert flood.wait(limits, private, now) == 0
+            flood.commit(limits, private, now)
+        assert flood.wait(limits, private, now) == pytest.approx(1.0)
+        assert flood.wait(limits, private, now + 0.95) == 0
+        for step in range(20):
+            assert flood.wait(limits, group, now + step) == 0
+            flood.commit(limits, group, now + step)
+        assert flood.wait(limits, group, now + 20) == pytest.approx(39.95)
+        assert flood.wait(limits, group, now + 59.95) == 0
+
+    def test_retry_after_is_rounded_up(self, emulator_module: ModuleType) -> None:
+        error = emulator_module.flood_error(0.2)
+        assert error.parameters == {"retry_after": 1}
+        assert emulator_module.flood_error(39.95).description == "Too Many Requests: retry after 40"
+
+
+class TestPersistenceRoundTrip:
+    def test_snapshot_restore(self, emulator_module: ModuleType, tmp_path) -> None:
+        module = emulator_module
+        opts = module.Options(api_id=1, api_hash="h")
+
+        async def build():
+            emu = module.Emulator(opts, str(tmp_path), None)
+            bot = emu.register_bot("77:" + "b" * 30)
+            emu.register_chat(bot, {"id": 5, "blocked": True})
+            emu.inject(bot, module.UpdateGenerator(bot, {"count": 5, "seed": 1}).generate())
+            bot.confirm(bot.base_id + 2)
+            return emu
+
+        emu = asyncio.run(build())
+        lines = b"".join(module.snapshot(emu)).split(b"\n")
+        copy = module.Emulator(opts, str(tmp_path), None)
+        assert module.restore(copy, [*lines, b"garbage"]) == len(lines) - 1
+        original, restored = emu.bots[77], copy.bots[77]
+        assert restored.history == original.history
+        assert restored.history_types == original.history_types
+        assert restored.pending_start == 2 and restored.next_update_id == original.next_update_id
+        assert restored.chats[5].blocked is True
+        assert {c: s.last_message_id for c, s in restored.chats.items()} == {
+            c: s.last_message_id for c, s in original.chats.items()
+        }

@@ -1,0 +1,95 @@
+"""The NATS bus against a real nats-server (no gateway process): batch publishing with
+per-message acknowledgements, duplicates, a lost stream, an outage."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats
+import pytest
+
+from harness.nats import NatsServer
+from harness.procs import wait_until
+from harness.tokens import fake_token
+from telegram_gateway.bus import Ack, Bus, Outgoing
+from telegram_gateway.config import load_settings
+from telegram_gateway.errors import BusUnavailable
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    nats_server = NatsServer(tmp_path / "nats").start()
+    yield nats_server
+    nats_server.stop()
+
+
+@pytest.fixture
+def bus(server: NatsServer, tmp_path: Path):
+    settings = load_settings(
+        {
+            "TELEGRAM_BOT_TOKENS": fake_token(1),
+            "GATEWAY_API_TOKEN": "b" * 20,
+            "NATS_URL": server.url,
+            "GATEWAY_STATE_DIR": str(tmp_path),
+            "GATEWAY_PUBLISH_TIMEOUT": "1",
+        }
+    )
+    the_bus = Bus(settings)
+    the_bus.start()
+    wait_until(lambda: the_bus.connected and the_bus.stream_ready, 10, "bus connected")
+    yield the_bus
+    the_bus.stop()
+
+
+def messages(count: int, start: int = 0) -> list[Outgoing]:
+    return [
+        Outgoing(
+            f"telegram.in.1.{'message' if i % 2 else 'poll'}",
+            b'{"update_id":%d}' % i,
+            {"Nats-Msg-Id": f"1:{i}", "Telegram-Update-Id": str(i)},
+        )
+        for i in range(start, start + count)
+    ]
+
+
+async def _stream(url: str, action: str = "count") -> int:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        if action == "delete":
+            await js.delete_stream("TELEGRAM")
+            return 0
+        return int((await js.stream_info("TELEGRAM")).state.messages)
+    finally:
+        await nc.close()
+
+
+def test_batch_acks_in_order_and_duplicates_flagged(bus: Bus, server: NatsServer):
+    results = bus.publish_each(messages(250))
+    assert all(isinstance(r, Ack) and not r.duplicate for r in results)
+    assert [r.seq for r in results] == list(range(1, 251))  # type: ignore[union-attr]
+    again = bus.publish_batch(messages(10, start=245))
+    assert [a.duplicate for a in again] == [True] * 5 + [False] * 5
+    assert asyncio.run(_stream(server.url)) == 255
+    assert bus.publish_each([]) == []
+
+
+def test_a_deleted_stream_is_created_again(bus: Bus, server: NatsServer):
+    asyncio.run(_stream(server.url, "delete"))
+    results = bus.publish_each(messages(20))
+    assert all(isinstance(r, Ack) for r in results)
+    assert asyncio.run(_stream(server.url)) == 20
+
+
+def test_outage_raises_bus_unavailable_then_reconnects(bus: Bus, server: NatsServer):
+    server.stop()
+    wait_until(lambda: not bus.connected, 10, "bus notices the outage")
+    with pytest.raises(BusUnavailable):
+        bus.publish_each(messages(3))
+    assert bus.status()["disconnected_for_s"] is not None
+    server.start()
+    wait_until(lambda: bus.connected and bus.stream_ready, 15, "bus reconnects")
+    assert all(isinstance(r, Ack) for r in bus.publish_each(messages(3)))

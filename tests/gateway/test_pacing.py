@@ -1,0 +1,249 @@
+"""The pacing calendar: Telegram's three limits, host-wide across processes, max-wait refusal."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from telegram_gateway.errors import RateLimited
+from telegram_gateway.pacing import (
+    BOT_RATE,
+    GROUP_LIMIT,
+    GROUP_WINDOW,
+    PRIVATE_INTERVAL,
+    Chat,
+    Pacer,
+)
+
+pytestmark = pytest.mark.unit
+
+EPS = 1e-6
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def pacer(tmp_path: Path, clock: FakeClock, max_wait: float = 1000.0) -> Pacer:
+    return Pacer(tmp_path / "pacing", max_wait, clock=clock, sleep=clock.sleep)
+
+
+def assert_bot_rate(slots: list[float]) -> None:
+    """Evenly spaced: at least 1/30 s apart, so at most 30 in any 1 s window."""
+    ordered = sorted(slots)
+    gaps = [b - a for a, b in itertools.pairwise(ordered)]
+    assert min(gaps, default=1.0) >= 1.0 / BOT_RATE - EPS
+    for index, start in enumerate(ordered):
+        in_window = [t for t in ordered[index:] if t < start + 1.0]
+        assert len(in_window) <= 30
+
+
+def test_chat_kinds_follow_telegrams_id_convention():
+    assert Chat.of(12345) == Chat("12345", True)
+    assert Chat.of(-4100001) == Chat("-4100001", False)
+    assert Chat.of(-1001500000001) == Chat("-1001500000001", False)
+    assert Chat.of("@SomeChannel") == Chat("@somechannel", False)
+    assert Chat.of("777") == Chat("777", True)
+    assert Chat.of(None) is None
+    assert Chat.of(True) is None
+    assert Chat.of("not a chat") is None
+
+
+def test_first_message_goes_at_once(tmp_path):
+    clock = FakeClock()
+    assert pacer(tmp_path, clock).reserve(1, Chat.of(5)) == [clock.now]
+
+
+def test_bot_wide_limit_spaces_messages_evenly(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    slots = [p.reserve(1, Chat.of(100 + i))[0] for i in range(90)]
+    assert_bot_rate(slots)
+    assert slots[-1] - slots[0] == pytest.approx(89 / BOT_RATE, abs=1e-3)
+
+
+def test_private_chat_one_message_per_second(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    slots = [p.reserve(1, Chat.of(42))[0] for _ in range(4)]
+    assert [round(b - a, 6) for a, b in itertools.pairwise(slots)] == [PRIVATE_INTERVAL] * 3
+
+
+def test_group_limit_20_per_window(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    slots = [p.reserve(1, Chat.of(-77))[0] for _ in range(GROUP_LIMIT + 3)]
+    first_window = slots[:GROUP_LIMIT]
+    assert first_window[-1] - first_window[0] < 1.0  # 20 go out right away
+    for index in range(GROUP_LIMIT, len(slots)):
+        assert slots[index] >= slots[index - GROUP_LIMIT] + GROUP_WINDOW - EPS
+    assert slots == sorted(slots)
+
+
+def test_a_waiting_chat_does_not_hold_up_other_chats(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    p.reserve(1, Chat.of(1))
+    later = p.reserve(1, Chat.of(1))[0]  # one second away
+    other = p.reserve(1, Chat.of(2))[0]
+    assert later == pytest.approx(clock.now + 1.0)
+    assert other == pytest.approx(clock.now + 1 / BOT_RATE)
+
+
+def test_consecutive_parts_stay_in_order_and_nobody_gets_between(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    parts = p.reserve(1, Chat.of(9), count=3)
+    after = p.reserve(1, Chat.of(9))[0]
+    assert parts == sorted(parts)
+    assert after >= parts[-1] + PRIVATE_INTERVAL - EPS
+
+
+def test_refuses_beyond_max_wait_without_reserving(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock, max_wait=2.5)
+    for _ in range(3):
+        p.reserve(1, Chat.of(7))  # now, +1 s, +2 s
+    with pytest.raises(RateLimited) as info:
+        p.reserve(1, Chat.of(7))  # +3 s is more than 2.5 s away
+    assert info.value.retry_after == 1
+    clock.now += 1.0
+    # the refusal reserved nothing: the next slot is still 3 s after the start
+    assert p.reserve(1, Chat.of(7))[0] == pytest.approx(clock.now + 2.0)
+
+
+def test_cancel_gives_slots_back(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    parts = p.reserve(1, Chat.of(3), count=3)
+    p.cancel(1, Chat.of(3), parts[1:])
+    assert p.reserve(1, Chat.of(3))[0] == pytest.approx(parts[1])
+
+
+def test_disabled_pacing_never_waits(tmp_path):
+    clock = FakeClock()
+    p = Pacer(tmp_path, 0, enabled=False, clock=clock, sleep=clock.sleep)
+    assert p.reserve(1, Chat.of(1), count=5) == [clock.now] * 5
+    assert not (tmp_path / "1.slots").exists()
+
+
+def test_bots_have_separate_budgets(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    assert p.reserve(1, Chat.of(5))[0] == p.reserve(2, Chat.of(5))[0] == clock.now
+
+
+def test_state_is_pruned(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    for chat in range(50):
+        p.reserve(1, Chat.of(chat + 1))
+    p.reserve(1, Chat.of(-5))
+    clock.now += GROUP_WINDOW + 5
+    p.reserve(1, Chat.of(1))
+    state = p._read(p._fd(1))
+    assert state["g"] == [clock.now]
+    assert list(state["c"]) == ["1"]
+
+
+def test_unreadable_state_starts_afresh(tmp_path, caplog):
+    clock = FakeClock()
+    directory = tmp_path / "pacing"
+    directory.mkdir()
+    (directory / "1.slots").write_bytes(b"GWP2\x05\x00\x00\x00\x00")
+    assert pacer(tmp_path, clock).reserve(1, Chat.of(1)) == [clock.now]
+    assert "unreadable" in caplog.text
+
+
+def test_clock_jump_back_does_not_block_for_long(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock, max_wait=10)
+    for _ in range(5):
+        p.reserve(1, Chat.of(1))
+    clock.now -= 3600  # the wall clock stepped back an hour
+    assert p.reserve(1, Chat.of(1)) == [clock.now]
+
+
+def test_many_pacers_on_one_directory_share_the_budget(tmp_path):
+    """Like two gunicorn workers: separate open files, one calendar."""
+    clock = FakeClock()
+    a, b = pacer(tmp_path, clock), pacer(tmp_path, clock)
+    slots = []
+    for index in range(40):
+        slots += (a if index % 2 else b).reserve(1, Chat.of(1000 + index))
+    assert_bot_rate(slots)
+
+
+def _reserve_in_process(directory: str, chats: list[int], queue: multiprocessing.Queue) -> None:
+    p = Pacer(Path(directory), max_wait=1000)
+    reserved = []
+    for chat in chats:
+        reserved.append((chat, p.reserve(1, Chat.of(chat))[0]))
+    queue.put(reserved)
+
+
+def test_worker_processes_together_respect_every_limit(tmp_path):
+    rng = random.Random(7)
+    chats = [rng.choice([11, 12, 13, -21, -22]) for _ in range(4 * 30)]
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    workers = [
+        context.Process(target=_reserve_in_process, args=(str(tmp_path), chats[i::4], queue))
+        for i in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    results = [queue.get(timeout=30) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+        assert worker.exitcode == 0
+    everything = [item for result in results for item in result]
+    assert len(everything) == len(chats)
+    assert_bot_rate([slot for _, slot in everything])
+    per_chat: dict[int, list[float]] = defaultdict(list)
+    for chat, slot in everything:
+        per_chat[chat].append(slot)
+    for chat, slots in per_chat.items():
+        slots.sort()
+        if chat > 0:
+            gaps = [b - a for a, b in itertools.pairwise(slots)]
+            assert min(gaps) >= PRIVATE_INTERVAL - EPS
+        else:
+            for index in range(GROUP_LIMIT, len(slots)):
+                assert slots[index] >= slots[index - GROUP_LIMIT] + GROUP_WINDOW - EPS
+
+
+def test_reservation_is_fast(tmp_path):
+    p = Pacer(tmp_path, max_wait=10_000)
+    started = time.perf_counter()
+    for index in range(1000):
+        p.reserve(1, Chat.of(index % 100 + 1))
+    per_call = (time.perf_counter() - started) / 1000
+    assert per_call < 0.005, f"{per_call * 1000:.2f} ms per reservation"
+
+
+def test_a_late_sender_takes_a_new_slot_instead_of_bunching(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    first, second, third = (p.reserve(1, Chat.of(100 + i))[0] for i in range(3))
+    assert p.wait_turn(1, Chat.of(100), first) == first  # on time: unchanged
+    clock.now = third + 0.2  # the process did not run for a while: all three are late
+    moved = [p.wait_turn(1, Chat.of(101 + i), slot) for i, slot in enumerate((second, third))]
+    assert moved[0] >= third + 0.2 - EPS
+    assert moved[1] - moved[0] >= 1 / BOT_RATE - EPS
+    assert_bot_rate([first, *moved, *(p.reserve(1, Chat.of(200))[0] for _ in range(1))])
+    # the chat's own record moved along: its next message keeps a second's distance
+    assert p.reserve(1, Chat.of(101))[0] >= moved[0] + PRIVATE_INTERVAL - EPS
