@@ -380,10 +380,13 @@ class Poller:
             try:
                 if not self._webhook_checked:
                     self._check_webhook()
+                # the first call after taking over returns at once, so /healthz reports
+                # POLLING within a moment rather than after a whole long poll
+                first = self.record.state != POLLING
                 updates = self.client.get_updates_raw(
                     offset,
                     self.settings.poll_limit,
-                    self.settings.poll_timeout,
+                    0 if first else self.settings.poll_timeout,
                     list(self.settings.allowed_updates),
                 )
             except BotApiError as exc:

@@ -45,6 +45,8 @@ class GatewayProcess:
             "GATEWAY_BIND": f"127.0.0.1:{self.port}",
             "GATEWAY_WORKERS": str(self.workers),
             "GATEWAY_STATE_DIR": str(self.state_dir),
+            # gunicorn's control socket: one per gateway, not one shared in ~/.gunicorn
+            "XDG_RUNTIME_DIR": str(self.state_dir),
             **self.env,
         }
         log = self.log_path.open("ab")

@@ -19,6 +19,8 @@ def wait_until(
         try:
             if predicate():
                 return
+        except AssertionError:
+            raise  # the predicate saw a definite failure (e.g. the process exited)
         except Exception:
             pass
         time.sleep(interval)
