@@ -14,9 +14,9 @@ from harness.emulator import (
     EMULATOR_PATH,
     BotHandle,
     EmulatorProcess,
-    make_token,
     raw_request,
 )
+from harness.tokens import fake_token
 
 REAL_OPTIONS = (
     "help",
@@ -199,7 +199,7 @@ class TestParsing:
 @pytest.mark.integration
 class TestStartUp:
     def test_env_credentials_ignored_options_and_log_file(self, tmp_path: Path) -> None:
-        token = make_token(5551234)
+        token = fake_token(5551234)
         extra = [
             "--cpu-affinity=3",
             "--main-thread-affinity=1",
@@ -222,7 +222,7 @@ class TestStartUp:
         assert token.split(":")[1] not in log
 
     def test_bots_from_the_environment(self, tmp_path: Path) -> None:
-        first, second = make_token(6660001), make_token(6660002)
+        first, second = fake_token(6660001), fake_token(6660002)
         env = {"EMULATOR_BOT_TOKENS": f"{first}, {second}"}
         with EmulatorProcess(tmp_path, env=env) as emu:
             assert {b["id"] for b in emu.bots()} == {6660001, 6660002}
@@ -240,7 +240,7 @@ class TestStartUp:
         with EmulatorProcess(tmp_path, extra_args=["--filter=1/2"]) as emu:
             odd = BotHandle.register(emu, 7000001)
             assert odd.ok("getMe")["id"] == 7000001
-            even = make_token(7000002)
+            even = fake_token(7000002)
             status, body, _ = emu.call(even, "getMe")
             assert status == 421
             assert body["description"] == "Misdirected Request: unallowed token specified"

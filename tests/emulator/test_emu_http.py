@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.emulator import BotHandle, EmulatorProcess, encode_multipart, make_token, raw_request
+from harness.emulator import BotHandle, EmulatorProcess, encode_multipart, raw_request
+from harness.tokens import fake_token
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ class TestRouting:
         assert "can_join_groups" in me and "supports_inline_queries" in me
 
     def test_get_me_reflects_registration(self, emu: EmulatorProcess) -> None:
-        token = make_token(424242)
+        token = fake_token(424242)
         emu.register_bot(token, first_name="Helper", username="helper_test_bot")
         me = emu.call(token, "getMe")[1]["result"]
         assert (me["first_name"], me["username"]) == ("Helper", "helper_test_bot")
@@ -75,9 +76,9 @@ class TestTokens:
         )
 
     def test_well_formed_but_unknown_token(self, bot: BotHandle) -> None:
-        status, body, _ = bot.emu.call(make_token(bot.id + 1), "getMe")
+        status, body, _ = bot.emu.call(fake_token(bot.id + 1), "getMe")
         assert (status, body["description"]) == (401, "Unauthorized")
-        other_secret = make_token(bot.id)
+        other_secret = fake_token(bot.id)
         assert bot.emu.call(other_secret, "getMe")[0] == 401
 
 
@@ -263,7 +264,7 @@ def test_logs_never_contain_secrets(tmp_path: Path) -> None:
         handle.chat(5)
         handle.ok("sendMessage", chat_id=5, text="hello")
         handle.call("getUpdates")
-        emu.call(make_token(31338), "getMe")
+        emu.call(fake_token(31338), "getMe")
         raw_request(emu.port, "GET", f"/bot{handle.token}/nope/../x")
         emu.fault("error", methods=["getMe"], count=1)
         handle.call("getMe")

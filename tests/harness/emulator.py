@@ -4,7 +4,7 @@
 (API and control listener), waits until it answers, and stops it at the end::
 
     with EmulatorProcess(tmp_path) as emu:
-        token = make_token(123456)
+        token = fake_token(123456)
         emu.register_bot(token)
         emu.inject(123456, [{"message": {...}}])
         status, body, headers = emu.call(token, "getUpdates", timeout=0)
@@ -31,15 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.ports import free_port
+from harness.tokens import fake_token
 
 EMULATOR_PATH = Path(__file__).resolve().parents[1] / "emulator" / "botapi_emulator.py"
 FAKE_API_ID = "12345"
 FAKE_API_HASH = "emulator-fake-api-hash"
-
-
-def make_token(bot_id: int) -> str:
-    """A fake but well-formed bot token, made at run time (never a committed literal)."""
-    return f"{bot_id}:FAKE" + secrets.token_urlsafe(24)[:32]
 
 
 class EmulatorError(RuntimeError):
@@ -344,7 +340,7 @@ class BotHandle:
     @classmethod
     def register(cls, emu: EmulatorProcess, bot_id: int | None = None) -> BotHandle:
         bot_id = bot_id or secrets.randbelow(9_000_000_000) + 10_000_000
-        token = make_token(bot_id)
+        token = fake_token(bot_id)
         emu.register_bot(token)
         return cls(emu, bot_id, token)
 
