@@ -7,6 +7,7 @@ import re
 
 import pytest
 import yaml
+
 from conftest import ANSIBLE_DIR, REPO, ROLES, ROLES_DIR, ansible_env, load_yaml, run, tool
 
 pytestmark = pytest.mark.unit

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from conftest import REPO, ROLES_DIR, ansible_env, fake_bot_token, install_fake_facts, run, tool
 
 pytestmark = pytest.mark.unit

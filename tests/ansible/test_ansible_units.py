@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from conftest import ROLES_DIR, SYSTEMD_DIR, FakeSecrets, Rendered
 
 pytestmark = pytest.mark.unit

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from conftest import BOT_ID
 
 INBOUND_DEADLINE = 5.0
