@@ -229,6 +229,7 @@ class Poller:
         self._failures = 0
         self._failing_logged = 0.0
         self._webhook_checked = False
+        self._polled_once = False
         self._write_error = ""
 
     def __repr__(self) -> str:
@@ -369,6 +370,7 @@ class Poller:
         metrics.POLLER_ACTIVE.labels(self._bot).set(1)
         logger.info("bot %s: worker pid %d polls getUpdates", self.label, self.pid)
         self._webhook_checked = False
+        self._polled_once = False
         self._batch = None
         self._set(STARTING, "checking for a webhook")
         offset: int | None = None
@@ -382,7 +384,7 @@ class Poller:
                     self._check_webhook()
                 # the first call after taking over returns at once, so /healthz reports
                 # POLLING within a moment rather than after a whole long poll
-                first = self.record.state != POLLING
+                first = not self._polled_once
                 updates = self.client.get_updates_raw(
                     offset,
                     self.settings.poll_limit,
@@ -395,6 +397,7 @@ class Poller:
                 self._stop.wait(wait)
                 continue
             backoff = BACKOFF_FIRST
+            self._polled_once = True
             self._recovered()
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
