@@ -827,6 +827,21 @@ MDV2_NAMES = {
 }
 
 
+def _add_code(out: _EntityBuilder, content: str, block: bool, start: int) -> None:
+    """Append inline code, or a pre block whose first line may name its language."""
+    if not block:
+        out.add(content)
+        out.entity("code", start)
+        return
+    language, newline, rest = content.partition("\n")
+    if newline and language and " " not in language:
+        content = rest
+    else:
+        language = ""
+    out.add(content)
+    out.entity("pre", start, **({"language": language} if language else {}))
+
+
 def _mdv2_code(text: str, i: int, out: _EntityBuilder) -> int:
     """Inline code or pre block starting at ``i``; return the index after it."""
     fence = "```" if text.startswith("```", i) else "`"
@@ -846,19 +861,7 @@ def _mdv2_code(text: str, i: int, out: _EntityBuilder) -> int:
         raise EntityParseError(
             f"Can't find end of {kind} entity at byte offset {_byte_offset(text, i)}"
         )
-    content = "".join(body)
-    start = out.length16
-    if fence == "```":
-        language, newline, rest = content.partition("\n")
-        if newline and language and " " not in language:
-            content = rest
-        else:
-            language = ""
-        out.add(content)
-        out.entity("pre", start, **({"language": language} if language else {}))
-    else:
-        out.add(content)
-        out.entity("code", start)
+    _add_code(out, "".join(body), fence == "```", out.length16)
     return j + len(fence)
 
 
@@ -984,17 +987,11 @@ def parse_markdown(text: str) -> tuple[str, list[dict[str, Any]]]:
             out.entity("text_link", start, url=text[end + 2 : url_end])
             i = url_end + 1
             continue
-        if fence == "```":
-            language, newline, rest = content.partition("\n")
-            if newline and language and " " not in language:
-                content = rest
-            else:
-                language = ""
-            out.add(content)
-            out.entity("pre", start, **({"language": language} if language else {}))
+        if fence == "```" or c == "`":
+            _add_code(out, content, fence == "```", start)
         else:
             out.add(content)
-            out.entity(kinds.get(c, "code"), start)
+            out.entity(kinds[c], start)
         i = end + len(fence)
     return out.result()
 

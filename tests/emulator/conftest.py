@@ -7,25 +7,18 @@ own process (command line, persistence, non-local mode) start one with ``Emulato
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
 
-from harness.emulator import EMULATOR_PATH, BotHandle, EmulatorProcess
+from harness.emulator import BotHandle, EmulatorProcess, load_emulator_module
 
 
 @pytest.fixture(scope="session")
 def emulator_module() -> ModuleType:
     """The emulator file imported as a module (for pure-function unit tests)."""
-    spec = importlib.util.spec_from_file_location("botapi_emulator", EMULATOR_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["botapi_emulator"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_emulator_module()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from typing import Any
 import nats
 import pytest
 
-from harness.emulator import EmulatorProcess
+from harness.emulator import EmulatorProcess, load_emulator_module
 from harness.gateway import GatewayProcess
 from harness.nats import NatsServer
 from harness.procs import wait_until
@@ -30,15 +30,7 @@ STREAM = "TELEGRAM"
 NATS_USER = "gateway"
 BOT_IDS = (700000001, 700000002)
 # what the emulator's generator makes
-KNOWN_KINDS = (
-    "message",
-    "edited_message",
-    "channel_post",
-    "callback_query",
-    "my_chat_member",
-    "chat_member",
-    "message_reaction",
-)
+KNOWN_KINDS: tuple[str, ...] = tuple(load_emulator_module().GENERATED_KINDS)
 
 
 @dataclass(frozen=True)

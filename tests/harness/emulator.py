@@ -16,6 +16,7 @@ The control API is reached on the separate ``--control-port`` listener (``contro
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import os
 import secrets
@@ -28,6 +29,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from harness.ports import free_port
@@ -36,6 +38,19 @@ from harness.tokens import fake_token
 EMULATOR_PATH = Path(__file__).resolve().parents[1] / "emulator" / "botapi_emulator.py"
 FAKE_API_ID = "12345"
 FAKE_API_HASH = "emulator-fake-api-hash"
+
+
+def load_emulator_module() -> ModuleType:
+    """The emulator file imported as a module (its pure functions and constants)."""
+    loaded = sys.modules.get("botapi_emulator")
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location("botapi_emulator", EMULATOR_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["botapi_emulator"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class EmulatorError(RuntimeError):
