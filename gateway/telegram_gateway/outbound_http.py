@@ -259,10 +259,9 @@ class BotApiTransport:
                 connection.sock.sendall(chunk)
             status, raw, reusable = connection.response()
         except TimeoutError:
+            # the socket's own deadline: the same outcome as the overall bound expiring
             connection.close()
-            raise BotApiTimeout(
-                method, f"{method}: no answer from the Bot API within the bound"
-            ) from None
+            raise _Expired from None
         except (OSError, _Broken) as exc:
             connection.close()
             raise BotApiUnavailable(
@@ -313,7 +312,8 @@ class BotApiTransport:
 
 # ---- bounding a call under gevent -----------------------------------------------------------
 class _Expired(Exception):
-    """Raised inside a call when its overall bound has passed (gevent only)."""
+    """Raised inside a call when its overall bound has passed (gevent's timer or the
+    socket's deadline); ``send`` turns it into one :class:`BotApiTimeout`."""
 
 
 class _bounded:
