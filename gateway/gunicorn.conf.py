@@ -22,13 +22,15 @@ from typing import Any
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
-worker_class = "gevent"
+# gunicorn's gevent worker, serving HTTP with gevent's pywsgi (see telegram_gateway/http_worker.py)
+worker_class = "telegram_gateway.http_worker.GatewayWorker"
 worker_connections = 1000
 preload_app = False
 # a worker whose hub is blocked this long is restarted; the gevent worker heartbeats from
 # its hub, so this catches a blocked event loop, not a slow Telegram
 timeout = 30
 graceful_timeout = 10
+# seconds an idle keep-alive connection waits for its next request before it is closed
 keepalive = 5
 accesslog = None
 errorlog = "-"
