@@ -7,16 +7,89 @@ call and parsed the same requests for less (see the README's outbound benchmark)
 else is gunicorn's ``gevent`` worker unchanged: monkey-patching before the app loads, the
 heartbeat that gets a blocked worker restarted, graceful shutdown, ``worker_connections``.
 
-One thing pywsgi does not do by itself is close an idle keep-alive connection. Here the wait
-for the next request line is bounded by gunicorn's ``keepalive`` setting, as with gunicorn's
-own parser; reading a request body and writing the answer are not bounded by it.
+Three changes to pywsgi's handler:
+
+* an idle keep-alive connection is closed: the wait for the next request line is bounded by
+  gunicorn's ``keepalive`` setting, as with gunicorn's own parser (reading a request body and
+  writing the answer are not bounded by it);
+* request headers are read by :class:`RequestHeaders` instead of the standard library's email
+  parser (a sixth of pywsgi's cost per request), and stricter: a folded (obsolete) header
+  line, a line without a colon, whitespace before the colon, more than ``MAX_HEADERS`` lines,
+  a line longer than ``MAX_HEADER_LINE`` or two different Content-Length values get a 400;
+* nothing is computed for the access log when gunicorn's access log is off (the default).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
+
+MAX_HEADERS = 100  # header lines per request, as the standard library's parser
+MAX_HEADER_LINE = 65536  # bytes
+
+
+class RequestHeaders:
+    """The request's header lines, with the interface pywsgi's handler uses (``get``,
+    ``getheader``, ``typeheader``, ``headers``, ``del``, and ``status``: empty, or why the
+    headers are unacceptable, which pywsgi answers with 400)."""
+
+    __slots__ = ("_pairs", "status")
+
+    def __init__(self, rfile: BinaryIO, *_: Any) -> None:
+        self._pairs: list[tuple[str, str]] = []
+        self.status = ""
+        while True:
+            raw = rfile.readline(MAX_HEADER_LINE + 1)
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            if len(raw) > MAX_HEADER_LINE:
+                self.status = "Line too long"
+                break
+            if len(self._pairs) >= MAX_HEADERS:
+                self.status = "Too many headers"
+                break
+            line = raw.decode("latin-1")
+            name, colon, value = line.partition(":")
+            if not colon or not name or name != name.strip() or line[0] in " \t":
+                self.status = "Malformed header line"
+                break
+            self._pairs.append((name, value.strip(" \t\r\n")))
+        if not self.status and len(set(self.get_all("content-length"))) > 1:
+            self.status = "Conflicting Content-Length"
+
+    def get(self, name: str, default: Any = None) -> Any:
+        wanted = name.lower()
+        for key, value in self._pairs:
+            if key.lower() == wanted:
+                return value
+        return default
+
+    getheader = get
+
+    def get_all(self, name: str) -> list[str]:
+        wanted = name.lower()
+        return [value for key, value in self._pairs if key.lower() == wanted]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(self.get_all(name))
+
+    def __delitem__(self, name: str) -> None:
+        wanted = name.lower()
+        self._pairs = [(key, value) for key, value in self._pairs if key.lower() != wanted]
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._pairs)
+
+    @property
+    def typeheader(self) -> str | None:
+        return self.get("content-type")  # type: ignore[no-any-return]
+
+    @property
+    def headers(self) -> Iterator[str]:
+        for key, value in self._pairs:
+            yield f"{key}: {value}\r\n"
 
 
 class IdleClosingHandler(PyWSGIHandler):  # type: ignore[misc]
@@ -24,6 +97,12 @@ class IdleClosingHandler(PyWSGIHandler):  # type: ignore[misc]
     seconds (a timed-out read ends the connection quietly, like a client hanging up)."""
 
     idle_timeout: float | None = 5.0
+
+    MessageClass = RequestHeaders  # pywsgi calls self.MessageClass(rfile, 0)
+
+    def log_request(self) -> None:
+        if self.server.log.access_log_enabled:
+            super().log_request()
 
     def read_requestline(self) -> str:
         self.socket.settimeout(self.idle_timeout)

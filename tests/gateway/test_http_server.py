@@ -3,12 +3,15 @@ malformed requests -- on the wire, against gunicorn with the gateway's worker cl
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import time
 
 import pytest
 from outbound_fixtures import BOT, PRIVATE, OutboundStack
+
+from telegram_gateway.http_worker import MAX_HEADER_LINE, RequestHeaders
 
 pytestmark = pytest.mark.integration
 
@@ -122,8 +125,21 @@ def test_a_connection_in_use_is_not_cut_by_the_bound(stack):
         b"POST /send HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
         b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
         b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n folded: line\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n",
+        b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"GET /healthz HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n",
     ],
-    ids=["no-request-line", "negative-length", "bad-length", "too-long-line"],
+    ids=[
+        "no-request-line",
+        "negative-length",
+        "bad-length",
+        "too-long-line",
+        "folded-header",
+        "no-colon",
+        "conflicting-lengths",
+        "too-many-headers",
+    ],
 )
 def test_malformed_http_gets_a_4xx_and_the_worker_keeps_serving(stack, raw):
     with connect(stack) as sock:
@@ -133,3 +149,79 @@ def test_malformed_http_gets_a_4xx_and_the_worker_keeps_serving(stack, raw):
     assert stack.gateway is not None
     status, _ = stack.gateway.get("/healthz")
     assert status in (200, 503)
+
+
+def test_gunicorns_access_log_works_when_an_operator_turns_it_on(tmp_path):
+    """Off by default (nothing computed for it); ``--access-logfile`` still writes lines."""
+    with OutboundStack(
+        tmp_path, workers=1, GUNICORN_CMD_ARGS="--access-logfile - --keep-alive 1"
+    ) as logged:
+        assert logged.gateway is not None
+        status, _ = logged.gateway.get("/healthz?probe=access")
+        assert status in (200, 503)
+        status, _, _ = logged.send({"bot": BOT, "chat_id": PRIVATE[70], "text": "logged"})
+        assert status == 200
+        log = logged.gateway.log()
+    assert '"GET /healthz?probe=access HTTP/1.1" ' in log
+    assert '"POST /send HTTP/1.1" 200' in log
+    assert logged.api_token not in log
+
+
+# ---- the header reader on its own ------------------------------------------------------------
+def headers_of(raw: bytes) -> tuple[RequestHeaders, bytes]:
+    stream = io.BytesIO(raw)
+    return RequestHeaders(stream, 0), stream.read()
+
+
+@pytest.mark.unit
+def test_headers_are_read_up_to_the_blank_line_and_looked_up_without_case():
+    headers, rest = headers_of(
+        b"Host: gw\r\nContent-Type: application/json\r\nX-Twice: 1\r\n"
+        b"x-twice: 2\r\nAuthorization:  Bearer  abc \r\n\r\n{body}"
+    )
+    assert headers.status == ""
+    assert rest == b"{body}"
+    assert headers.get("HOST") == "gw" and headers.getheader("host") == "gw"
+    assert headers.typeheader == "application/json"
+    assert headers.get("x-twice") == "1" and headers.get_all("X-Twice") == ["1", "2"]
+    assert headers.get("Authorization") == "Bearer  abc"
+    assert headers.get("missing", "default") == "default"
+    assert "content-type" in headers and "nope" not in headers
+    del headers["X-TWICE"]
+    assert "x-twice" not in headers
+    assert list(headers.headers) == [
+        "Host: gw\r\n",
+        "Content-Type: application/json\r\n",
+        "Authorization: Bearer  abc\r\n",
+    ]
+
+
+@pytest.mark.unit
+def test_the_same_content_length_twice_is_accepted():
+    headers, _ = headers_of(b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n")
+    assert headers.status == "" and headers.get("content-length") == "2"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"Host: x\r\n continued\r\n\r\n", "Malformed header line"),
+        (b"\tX: y\r\n\r\n", "Malformed header line"),
+        (b"Host x\r\n\r\n", "Malformed header line"),
+        (b"Host : x\r\n\r\n", "Malformed header line"),
+        (b": x\r\n\r\n", "Malformed header line"),
+        (b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n", "Conflicting Content-Length"),
+        (b"X: " + b"a" * MAX_HEADER_LINE + b"\r\n\r\n", "Line too long"),
+        (b"X: a\r\n" * 101 + b"\r\n", "Too many headers"),
+    ],
+)
+def test_unacceptable_headers_are_named(raw, status):
+    headers, _ = headers_of(raw)
+    assert headers.status == status
+
+
+@pytest.mark.unit
+def test_headers_end_at_the_end_of_the_stream():
+    headers, _ = headers_of(b"Host: x\r\n")
+    assert headers.status == "" and headers.get("host") == "x"
