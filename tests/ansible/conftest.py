@@ -150,6 +150,10 @@ ROUTES = [
 ]
 
 
+# telegram_gateway_allowed_updates of a second rendering of the gateway's environment file
+SOME_UPDATE_TYPES = ["message", "edited_message", "callback_query"]
+
+
 @dataclass(frozen=True)
 class Rendered:
     """Files rendered by the roles' templates with their defaults (and fake secrets)."""
@@ -267,6 +271,11 @@ def _render_playbook(
             "telegram_gateway",
             [
                 template(f"{gw_templates}/telegram-gateway.env.j2", "telegram-gateway.env"),
+                template(
+                    f"{gw_templates}/telegram-gateway.env.j2",
+                    "telegram-gateway-some-updates.env",
+                    telegram_gateway_allowed_updates=SOME_UPDATE_TYPES,
+                ),
                 template(f"{gw_templates}/routes.yml.j2", "routes.yml"),
                 template("{{ _telegram_gateway_unit_template }}", "telegram-gateway.service"),
             ],

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROUTES, FakeSecrets, Rendered, tool
+from conftest import ROLES_DIR, ROUTES, SOME_UPDATE_TYPES, FakeSecrets, Rendered, load_yaml, tool
 
 
 def parse_environment_file(text: str) -> dict[str, str]:
@@ -107,8 +107,33 @@ def test_gateway_environment_file(rendered: Rendered, fake_secrets: FakeSecrets)
         "GATEWAY_BIND": "127.0.0.1:8000",
         "GATEWAY_WORKERS": "2",
         "GATEWAY_LOG_LEVEL": "INFO",
+        "GATEWAY_ALLOWED_UPDATES": "all",
         "GATEWAY_STREAM_MAX_AGE": "3600",
     }
+
+
+@pytest.mark.unit
+def test_gateway_environment_file_lists_the_allowed_updates(rendered: Rendered) -> None:
+    """telegram_gateway_allowed_updates as a list of update types: GATEWAY_ALLOWED_UPDATES is
+    that list, comma separated, and the gateway's settings read it back as those types."""
+    env = parse_environment_file(rendered.text("telegram-gateway-some-updates.env"))
+    assert env["GATEWAY_ALLOWED_UPDATES"] == ",".join(SOME_UPDATE_TYPES)
+    default = parse_environment_file(rendered.text("telegram-gateway.env"))
+    assert {k: v for k, v in env.items() if k != "GATEWAY_ALLOWED_UPDATES"} == {
+        k: v for k, v in default.items() if k != "GATEWAY_ALLOWED_UPDATES"
+    }
+    config = pytest.importorskip("telegram_gateway.config")
+    assert config.load_settings(env).allowed_updates == tuple(SOME_UPDATE_TYPES)
+    assert config.load_settings(default).allowed_updates == config.ALL_UPDATE_TYPES
+
+
+@pytest.mark.unit
+def test_gateway_role_knows_the_update_types_of_the_gateway() -> None:
+    """The preflight accepts exactly the update types the gateway's settings accept."""
+    config = pytest.importorskip("telegram_gateway.config")
+    role_vars = load_yaml(ROLES_DIR / "telegram_gateway" / "vars" / "main.yml")
+    assert tuple(role_vars["_telegram_gateway_update_types"]) == config.ALL_UPDATE_TYPES
+    assert "GATEWAY_ALLOWED_UPDATES" in role_vars["_telegram_gateway_managed_env"]
 
 
 @pytest.mark.unit

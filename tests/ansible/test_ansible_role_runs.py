@@ -10,8 +10,8 @@ with systemd (the facts the preflight asserts), nothing is gathered or changed.
   changes it would make, prints no secret and changes nothing on this machine. The
   nats-server release comes from a ``file://`` URL (a tarball made here), so the controller
   side of the URL mode (download, checksum, unpack) runs for real — twice: the second time it
-  changes nothing. (telegram_gateway copies every source file with a module call of its own,
-  too slow for this tier; Molecule converges it in a real systemd container.)
+  changes nothing. (telegram_gateway installs apt packages and a virtualenv, which needs a real
+  Debian host; Molecule converges it, and dry-runs it, in a systemd container.)
 
 All cases run in one ansible-playbook invocation to keep this tier fast.
 """
@@ -177,6 +177,26 @@ CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
         "telegram_gateway",
         {"telegram_gateway_extra_env": {"NATS_URL": "nats://192.0.2.1:4222"}},
         "telegram_gateway_extra_env",
+    ),
+    "gateway_some_update_types": (
+        "telegram_gateway",
+        {"telegram_gateway_allowed_updates": ["message", "callback_query", "chat_member"]},
+        None,
+    ),
+    "gateway_unknown_update_type": (
+        "telegram_gateway",
+        {"telegram_gateway_allowed_updates": ["message", "callback"]},
+        "not an update type: callback)",
+    ),
+    "gateway_all_and_an_update_type": (
+        "telegram_gateway",
+        {"telegram_gateway_allowed_updates": ["all", "message"]},
+        "telegram_gateway_allowed_updates",
+    ),
+    "gateway_no_update_types": (
+        "telegram_gateway",
+        {"telegram_gateway_allowed_updates": []},
+        "telegram_gateway_allowed_updates",
     ),
 }
 
