@@ -86,6 +86,25 @@ def test_several_requests_on_one_keep_alive_connection(stack):
         assert status in (200, 503) and json.loads(body)["service"] == "telegram-gateway"
 
 
+def test_a_chunked_request_body_is_read_whole(stack):
+    body = json.dumps({"bot": BOT, "chat_id": PRIVATE[65], "text": "sent in chunks"}).encode()
+    chunks = b"".join(
+        f"{len(body[i : i + 7]):x}\r\n".encode() + body[i : i + 7] + b"\r\n"
+        for i in range(0, len(body), 7)
+    )
+    with connect(stack) as sock:
+        sock.sendall(
+            b"POST /send HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {stack.api_token}\r\n".encode()
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+            + chunks
+            + b"0\r\n\r\n"
+        )
+        status, _, answer = read_response(sock)
+    assert status == 200, answer
+    assert json.loads(answer)["result"][0]["text"] == "sent in chunks"
+
+
 def test_an_idle_connection_is_closed_after_the_keepalive_bound(stack):
     with connect(stack) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
