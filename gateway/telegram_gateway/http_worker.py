@@ -15,12 +15,14 @@ Three changes to pywsgi's handler:
 * request headers are read by :class:`RequestHeaders` instead of the standard library's email
   parser (a sixth of pywsgi's cost per request), and stricter: a folded (obsolete) header
   line, a line without a colon, whitespace before the colon, more than ``MAX_HEADERS`` lines,
-  a line longer than ``MAX_HEADER_LINE`` or two different Content-Length values get a 400;
+  a line longer than ``MAX_HEADER_LINE``, a field name that is not an RFC 9110 token or two
+  different Content-Length values get a 400;
 * nothing is computed for the access log when gunicorn's access log is off (the default).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -28,6 +30,7 @@ from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
 MAX_HEADERS = 100  # header lines per request, as the standard library's parser
 MAX_HEADER_LINE = 65536  # bytes
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
 
 
 class RequestHeaders:
@@ -52,7 +55,7 @@ class RequestHeaders:
                 break
             line = raw.decode("latin-1")
             name, colon, value = line.partition(":")
-            if not colon or not name or name != name.strip() or line[0] in " \t":
+            if not colon or _FIELD_NAME.fullmatch(name) is None:
                 self.status = "Malformed header line"
                 break
             self._pairs.append((name, value.strip(" \t\r\n")))

@@ -230,6 +230,8 @@ def test_the_same_content_length_twice_is_accepted():
         (b"Host x\r\n\r\n", "Malformed header line"),
         (b"Host : x\r\n\r\n", "Malformed header line"),
         (b": x\r\n\r\n", "Malformed header line"),
+        (b"Bad Name: x\r\n\r\n", "Malformed header line"),
+        (b"X-\xe9: x\r\n\r\n", "Malformed header line"),
         (b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n", "Conflicting Content-Length"),
         (b"X: " + b"a" * MAX_HEADER_LINE + b"\r\n\r\n", "Line too long"),
         (b"X: a\r\n" * 101 + b"\r\n", "Too many headers"),
