@@ -1,7 +1,8 @@
 """Deployment tier: the Molecule scenario ansible/molecule/default, run by .ci/molecule.
 
 `molecule test` in one Debian 12 systemd container: create, converge with the unchanged
-ansible/site.yml, idempotence (0 changed), verify (a --check run reports 0 changed; services,
+ansible/site.yml, idempotence (0 changed), side_effect (files changed by hand are put back by
+another converge, and their services restarted), verify (a --check run reports 0 changed; services,
 sockets, users, files, secrets, sandbox, end to end, restarts, kill -9), destroy. The verify
 step's own tests live in ansible/molecule/default/tests/.
 
@@ -61,6 +62,6 @@ def test_molecule_scenario_default_converges_idempotently_and_verifies():
         + "\n".join(output.splitlines()[-150:])
     )
     # each step really ran (a scenario that skipped them would also exit 0)
-    for step in ("converge", "idempotence", "verify"):
+    for step in ("converge", "idempotence", "side_effect", "verify"):
         assert re.search(rf"default.*{step}.*Executed: Successful", output), f"no {step} in {LOG}"
     assert re.search(r"\d+ passed", output) and not re.search(r"\d+ (failed|error)", output)
