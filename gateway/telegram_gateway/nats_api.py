@@ -41,7 +41,7 @@ from telegram_gateway.errors import (
 from telegram_gateway.health import Check
 from telegram_gateway.idempotency import IdempotencyStore, Outcome, valid_key
 from telegram_gateway.outbound import check_encodable
-from telegram_gateway.sender import Delivery, Sender
+from telegram_gateway.sender import CHAT_MESSAGE_METHODS, Delivery, Sender
 
 logger = logging.getLogger(__name__)
 
@@ -51,25 +51,9 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 #: the Bot API methods agents may call through NATS
 ALLOWED_METHODS: tuple[str, ...] = (
-    # sending
-    "sendMessage",
-    "sendPhoto",
-    "sendDocument",
-    "sendAudio",
-    "sendVideo",
-    "sendVoice",
-    "sendAnimation",
-    "sendVideoNote",
-    "sendSticker",
-    "sendMediaGroup",
-    "sendLocation",
-    "sendVenue",
-    "sendContact",
-    "sendPoll",
-    "sendDice",
+    # sending (paced by the sender)
+    *CHAT_MESSAGE_METHODS,
     "sendChatAction",
-    "copyMessage",
-    "forwardMessage",
     # changing what was sent
     "editMessageText",
     "editMessageCaption",

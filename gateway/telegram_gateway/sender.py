@@ -45,27 +45,26 @@ logger = logging.getLogger(__name__)
 ATTEMPTS = 3  # Bot API calls per message at most (429 retries included)
 
 #: methods that put a message into a chat: paced per bot *and* per chat (Telegram's limits)
-CHAT_MESSAGE_METHODS = frozenset(
-    {
-        "sendMessage",
-        "sendPhoto",
-        "sendDocument",
-        "sendAudio",
-        "sendVideo",
-        "sendVoice",
-        "sendAnimation",
-        "sendVideoNote",
-        "sendSticker",
-        "sendMediaGroup",
-        "sendLocation",
-        "sendVenue",
-        "sendContact",
-        "sendPoll",
-        "sendDice",
-        "copyMessage",
-        "forwardMessage",
-    }
+CHAT_MESSAGE_METHODS: tuple[str, ...] = (
+    "sendMessage",
+    "sendPhoto",
+    "sendDocument",
+    "sendAudio",
+    "sendVideo",
+    "sendVoice",
+    "sendAnimation",
+    "sendVideoNote",
+    "sendSticker",
+    "sendMediaGroup",
+    "sendLocation",
+    "sendVenue",
+    "sendContact",
+    "sendPoll",
+    "sendDice",
+    "copyMessage",
+    "forwardMessage",
 )
+_PACED = frozenset(CHAT_MESSAGE_METHODS)
 
 
 @dataclass
@@ -146,7 +145,7 @@ class Sender:
         chat_id = self._moved.get((bot.bot_id, str(given)), given)
         if chat_id != given:
             delivery.migrated_to = chat_id
-        paced = method in CHAT_MESSAGE_METHODS
+        paced = method in _PACED
         chat = Chat.of(chat_id) if paced else None
         slots: list[float] = []
         if paced:
@@ -252,7 +251,7 @@ class Sender:
                 return reply, None
             time.sleep(retry_after)
             budget -= retry_after
-            fresh_slot = method in CHAT_MESSAGE_METHODS
+            fresh_slot = method in _PACED
         return reply, None
 
     def _remember_move(self, bot: BotConfig, old: Any, new: int) -> None:
