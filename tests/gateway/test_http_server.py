@@ -11,6 +11,7 @@ import time
 import pytest
 from outbound_fixtures import BOT, PRIVATE, OutboundStack
 
+from harness.procs import wait_until
 from telegram_gateway.http_worker import MAX_HEADER_LINE, RequestHeaders
 
 pytestmark = pytest.mark.integration
@@ -180,7 +181,10 @@ def test_gunicorns_access_log_works_when_an_operator_turns_it_on(tmp_path):
         assert status in (200, 503)
         status, _, _ = logged.send({"bot": BOT, "chat_id": PRIVATE[70], "text": "logged"})
         assert status == 200
-        log = logged.gateway.log()
+        # the line is written after the answer went out: wait for it, not for a fixed time
+        gateway = logged.gateway
+        wait_until(lambda: '"POST /send HTTP/1.1"' in gateway.log(), 10, "the access log line")
+        log = gateway.log()
     assert '"GET /healthz?probe=access HTTP/1.1" ' in log
     assert '"POST /send HTTP/1.1" 200' in log
     assert logged.api_token not in log
