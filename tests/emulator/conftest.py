@@ -8,17 +8,10 @@ own process (command line, persistence, non-local mode) start one with ``Emulato
 from __future__ import annotations
 
 from collections.abc import Iterator
-from types import ModuleType
 
 import pytest
 
-from harness.emulator import BotHandle, EmulatorProcess, load_emulator_module
-
-
-@pytest.fixture(scope="session")
-def emulator_module() -> ModuleType:
-    """The emulator file imported as a module (for pure-function unit tests)."""
-    return load_emulator_module()
+from harness.emulator import BotHandle, EmulatorProcess
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from botapi_emulator.cli import parse_command_line
 from harness.emulator import (
-    EMULATOR_PATH,
+    EMULATOR_COMMAND,
     BotHandle,
     EmulatorProcess,
+    emulator_env,
     raw_request,
 )
 from harness.tokens import fake_token
@@ -49,10 +49,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "EMULATOR_"))}
     clean.update(env or {})
     return subprocess.run(
-        [sys.executable, str(EMULATOR_PATH), *args],
+        [*EMULATOR_COMMAND, *args],
         capture_output=True,
         text=True,
-        env=clean,
+        env=emulator_env(clean),
         timeout=20,
     )
 
@@ -62,7 +62,7 @@ class TestProcessCommandLine:
     def test_help_lists_the_real_option_set_and_exits_zero(self) -> None:
         result = run_cli("--help")
         assert result.returncode == 0
-        assert "Usage: botapi_emulator.py --api-id=<arg> --api-hash=<arg>" in result.stderr
+        assert "Usage: python -m botapi_emulator --api-id=<arg> --api-hash=<arg>" in result.stderr
         for name in REAL_OPTIONS:
             assert f"--{name}" in result.stderr
         for short in ("-h,", "-p,", "-s,", "-d,", "-t,", "-l,", "-v,", "-u,", "-g,", "-c,"):
@@ -113,12 +113,11 @@ class TestProcessCommandLine:
 
 @pytest.mark.unit
 class TestParsing:
-    def parse(self, module: ModuleType, *argv: str, env: dict[str, str] | None = None):
-        return module.parse_command_line(list(argv), env or {})
+    def parse(self, *argv: str, env: dict[str, str] | None = None):
+        return parse_command_line(list(argv), env or {})
 
-    def test_both_value_forms(self, emulator_module: ModuleType) -> None:
+    def test_both_value_forms(self) -> None:
         opts, error = self.parse(
-            emulator_module,
             "--api-id",
             "77",
             "--api-hash=hash",
@@ -153,24 +152,23 @@ class TestParsing:
         assert (opts.filter_rem, opts.filter_mod, opts.control_port) == (1, 3, 9003)
         assert opts.bots == ["a", "b"]
 
-    def test_defaults_match_the_real_server(self, emulator_module: ModuleType) -> None:
-        opts, error = self.parse(emulator_module, "--api-id=1", "--api-hash=h")
+    def test_defaults_match_the_real_server(self) -> None:
+        opts, error = self.parse("--api-id=1", "--api-hash=h")
         assert error is None
         assert opts.http_port == 8081 and opts.http_stat_port == 0
         assert opts.http_ip_address == "0.0.0.0" and opts.dir == "."
         assert opts.memory_verbosity == 3 and opts.log_max_file_size == 2000000000
         assert opts.local is False
 
-    def test_environment_fallback(self, emulator_module: ModuleType) -> None:
+    def test_environment_fallback(self) -> None:
         env = {"TELEGRAM_API_ID": "4242", "TELEGRAM_API_HASH": "from-env"}
-        opts, error = self.parse(emulator_module, env=env)
+        opts, error = self.parse(env=env)
         assert error is None and (opts.api_id, opts.api_hash) == (4242, "from-env")
-        opts, error = self.parse(emulator_module, "--api-id=1", env=env)
+        opts, error = self.parse("--api-id=1", env=env)
         assert error is None and opts.api_id == 1
 
-    def test_ignored_options_are_accepted(self, emulator_module: ModuleType) -> None:
+    def test_ignored_options_are_accepted(self) -> None:
         opts, error = self.parse(
-            emulator_module,
             "--api-id=1",
             "--api-hash=h",
             "--cpu-affinity=3",
@@ -191,8 +189,8 @@ class TestParsing:
         assert error is None
         assert opts.max_connections == 4096 and opts.username == "nobody"
 
-    def test_invalid_ip_address(self, emulator_module: ModuleType) -> None:
-        _, error = self.parse(emulator_module, "--api-id=1", "--api-hash=h", "--http-ip-address=x")
+    def test_invalid_ip_address(self) -> None:
+        _, error = self.parse("--api-id=1", "--api-hash=h", "--http-ip-address=x")
         assert error is not None and "IP address" in error
 
 

@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-from types import ModuleType
 
 import pytest
+
+from botapi_emulator.bots import BotState
+from botapi_emulator.chats import ChatState, chat_type_by_id
+from botapi_emulator.cli import Options
+from botapi_emulator.emulator import Emulator
+from botapi_emulator.encoding import utf16_len
+from botapi_emulator.formatting import (
+    EntityParseError,
+    auto_entities,
+    parse_html,
+    parse_markdown,
+    parse_markdown_v2,
+)
+from botapi_emulator.generator import UpdateGenerator
+from botapi_emulator.httpserver import parse_multipart
+from botapi_emulator.limits import FloodState, Limits
+from botapi_emulator.persistence import restore, snapshot
+from botapi_emulator.protocol import flood_error
+from botapi_emulator.service import is_loopback
+from botapi_emulator.tokens import TokenError, parse_token, redact_text
+from botapi_emulator.update_types import update_type_of
 
 pytestmark = pytest.mark.unit
 
 
 class TestFormatting:
-    def test_html(self, emulator_module: ModuleType) -> None:
-        text, entities = emulator_module.parse_html(
+    def test_html(self) -> None:
+        text, entities = parse_html(
             '<b>a<i>b</i></b> &lt;x&gt; &#128512; <span class="tg-spoiler">s</span> '
             '<a href="tg://user?id=42">u</a> <pre><code class="language-py">p</code></pre>'
         )
@@ -35,12 +55,12 @@ class TestFormatting:
             ("<span>x</span>", 'Unsupported start tag "span" at byte offset 0'),
         ],
     )
-    def test_html_errors(self, emulator_module: ModuleType, source: str, message: str) -> None:
-        with pytest.raises(emulator_module.EntityParseError, match=message.replace("/", ".")):
-            emulator_module.parse_html(source)
+    def test_html_errors(self, source: str, message: str) -> None:
+        with pytest.raises(EntityParseError, match=message.replace("/", ".")):
+            parse_html(source)
 
-    def test_markdown_v2(self, emulator_module: ModuleType) -> None:
-        text, entities = emulator_module.parse_markdown_v2(
+    def test_markdown_v2(self) -> None:
+        text, entities = parse_markdown_v2(
             "*bold _both_*\n[link](https://t\\.me) ```py\nx = 1\n``` \\!\n>quote"
         )
         assert text == "bold both\nlink x = 1\n !\nquote"
@@ -54,14 +74,14 @@ class TestFormatting:
         assert entities[2]["url"] == "https://t.me"
         assert entities[3]["language"] == "py"
 
-    def test_markdown_v2_errors(self, emulator_module: ModuleType) -> None:
-        with pytest.raises(emulator_module.EntityParseError, match="Character '!' is reserved"):
-            emulator_module.parse_markdown_v2("hi!")
-        with pytest.raises(emulator_module.EntityParseError, match="Can't find end of Bold"):
-            emulator_module.parse_markdown_v2("*open")
+    def test_markdown_v2_errors(self) -> None:
+        with pytest.raises(EntityParseError, match="Character '!' is reserved"):
+            parse_markdown_v2("hi!")
+        with pytest.raises(EntityParseError, match="Can't find end of Bold"):
+            parse_markdown_v2("*open")
 
-    def test_legacy_markdown(self, emulator_module: ModuleType) -> None:
-        text, entities = emulator_module.parse_markdown("_i_ *b* `c` \\* 🚀 [t](u)")
+    def test_legacy_markdown(self) -> None:
+        text, entities = parse_markdown("_i_ *b* `c` \\* 🚀 [t](u)")
         assert text == "i b c * 🚀 t"
         assert [(e["type"], e["offset"]) for e in entities] == [
             ("italic", 0),
@@ -70,9 +90,9 @@ class TestFormatting:
             ("text_link", 11),
         ]
 
-    def test_utf16_offsets_and_auto_entities(self, emulator_module: ModuleType) -> None:
+    def test_utf16_offsets_and_auto_entities(self) -> None:
         text = "🚀 /start@my_bot #tag @someone mail@example.org http://x.org/a."
-        found = emulator_module.auto_entities(text, [])
+        found = auto_entities(text, [])
         assert [(e["type"], e["offset"], e["length"]) for e in found] == [
             ("bot_command", 3, 13),
             ("hashtag", 17, 4),
@@ -80,16 +100,16 @@ class TestFormatting:
             ("email", 31, 16),
             ("url", 48, 14),
         ]
-        assert emulator_module.utf16_len("a🚀") == 3
+        assert utf16_len("a🚀") == 3
 
-    def test_no_auto_entities_inside_code(self, emulator_module: ModuleType) -> None:
+    def test_no_auto_entities_inside_code(self) -> None:
         existing = [{"offset": 0, "length": 6, "type": "code"}]
-        assert emulator_module.auto_entities("/start", existing) == existing
+        assert auto_entities("/start", existing) == existing
 
 
 class TestTokensAndRouting:
-    def test_parse_token(self, emulator_module: ModuleType) -> None:
-        assert emulator_module.parse_token("123:" + "a" * 24) == 123
+    def test_parse_token(self) -> None:
+        assert parse_token("123:" + "a" * 24) == 123
         for token, status in [
             ("", 401),
             ("0123:" + "a" * 30, 401),
@@ -99,36 +119,34 @@ class TestTokensAndRouting:
             ("123:" + "a" * 23, 401),
             ("123:" + "a" * 81, 401),
         ]:
-            with pytest.raises(emulator_module.TokenError) as caught:
-                emulator_module.parse_token(token)
+            with pytest.raises(TokenError) as caught:
+                parse_token(token)
             assert caught.value.status == status, token
-        with pytest.raises(emulator_module.TokenError):
-            emulator_module.parse_token("124:" + "a" * 30, 1, 2)
+        with pytest.raises(TokenError):
+            parse_token("124:" + "a" * 30, 1, 2)
 
-    def test_redaction(self, emulator_module: ModuleType) -> None:
+    def test_redaction(self) -> None:
         line = "GET /bot123456:" + "A" * 27 + "_-x/getMe"
-        assert emulator_module.redact_text(line) == "GET /bot123456:<redacted>/getMe"
+        assert redact_text(line) == "GET /bot123456:<redacted>/getMe"
 
-    def test_loopback_peers(self, emulator_module: ModuleType) -> None:
+    def test_loopback_peers(self) -> None:
         for host in ("127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"):
-            assert emulator_module.is_loopback(host)
+            assert is_loopback(host)
         for host in ("10.0.0.1", "192.168.1.2", "::ffff:10.0.0.1", "fe80::1", ""):
-            assert not emulator_module.is_loopback(host)
+            assert not is_loopback(host)
 
-    def test_update_type(self, emulator_module: ModuleType) -> None:
-        assert emulator_module.update_type_of({"update_id": 1, "x_new": {}, "message": {}}) == (
-            "message"
-        )
-        assert emulator_module.update_type_of({"update_id": 1, "brand_new": {}}) == "brand_new"
+    def test_update_type(self) -> None:
+        assert update_type_of({"update_id": 1, "x_new": {}, "message": {}}) == ("message")
+        assert update_type_of({"update_id": 1, "brand_new": {}}) == "brand_new"
 
-    def test_chat_type_by_id(self, emulator_module: ModuleType) -> None:
-        assert emulator_module.chat_type_by_id(5) == "private"
-        assert emulator_module.chat_type_by_id(-5) == "group"
-        assert emulator_module.chat_type_by_id(-1001234567890) == "supergroup"
+    def test_chat_type_by_id(self) -> None:
+        assert chat_type_by_id(5) == "private"
+        assert chat_type_by_id(-5) == "group"
+        assert chat_type_by_id(-1001234567890) == "supergroup"
 
 
 class TestMultipart:
-    def test_parts(self, emulator_module: ModuleType) -> None:
+    def test_parts(self) -> None:
         body = (
             b"preamble\r\n--XYZ\r\n"
             b'Content-Disposition: form-data; name="chat_id"\r\n\r\n42\r\n'
@@ -139,7 +157,7 @@ class TestMultipart:
             b"Content-Disposition: form-data; name=\"n\"; filename*=UTF-8''%C3%A9.txt\r\n\r\n"
             b"\r\n--XYZ--\r\n"
         )
-        parts = emulator_module.parse_multipart(body, b"XYZ")
+        parts = parse_multipart(body, b"XYZ")
         assert [(p.name, p.filename, p.data) for p in parts] == [
             ("chat_id", None, b"42"),
             ("document", 'a "b".txt', b"line1\r\n--XY not the end"),
@@ -147,14 +165,14 @@ class TestMultipart:
         ]
         assert parts[1].content_type == "text/plain"
 
-    def test_malformed(self, emulator_module: ModuleType) -> None:
+    def test_malformed(self) -> None:
         for body in (b"no boundary", b"--XYZ\r\nContent-Disposition: form-data\r\n\r\nx"):
             with pytest.raises(ValueError):
-                emulator_module.parse_multipart(body, b"XYZ")
+                parse_multipart(body, b"XYZ")
 
 
-def make_bot(module: ModuleType, count: int, types: list[str] | None = None):
-    bot = module.BotState(
+def make_bot(count: int, types: list[str] | None = None):
+    bot = BotState(
         id=1, token="1:" + "a" * 24, first_name="B", username="b_bot", next_update_id=100
     )
     for index in range(count):
@@ -165,8 +183,8 @@ def make_bot(module: ModuleType, count: int, types: list[str] | None = None):
 
 
 class TestQueue:
-    def test_confirm_and_collect(self, emulator_module: ModuleType) -> None:
-        bot = make_bot(emulator_module, 10)
+    def test_confirm_and_collect(self) -> None:
+        bot = make_bot(10)
         assert len(bot.collect(3)) == 3
         assert bot.confirm(105) is True and bot.pending_count == 5
         assert bot.confirm(50) is False
@@ -176,9 +194,9 @@ class TestQueue:
         ]
         assert bot.confirm(10_000) is True and bot.pending_count == 0
 
-    def test_filtered_head_is_dropped(self, emulator_module: ModuleType) -> None:
+    def test_filtered_head_is_dropped(self) -> None:
         types = ["chat_member", "chat_member", "message", "chat_member", "message"]
-        bot = make_bot(emulator_module, 5, types)
+        bot = make_bot(5, types)
         assert bot.collect(100) == [b'{"update_id":102}', b'{"update_id":104}']
         assert bot.first_pending_id() == 102
         bot.allowed_updates = ["chat_member"]
@@ -186,11 +204,11 @@ class TestQueue:
 
 
 class TestFlood:
-    def test_windows(self, emulator_module: ModuleType) -> None:
-        limits = emulator_module.Limits()
-        flood = emulator_module.FloodState()
-        private = emulator_module.ChatState(1, "private")
-        group = emulator_module.ChatState(-1, "group")
+    def test_windows(self) -> None:
+        limits = Limits()
+        flood = FloodState()
+        private = ChatState(1, "private")
+        group = ChatState(-1, "group")
         now = 1000.0
         for _ in range(3):
             assert flood.wait(limits, private, now) == 0
@@ -203,29 +221,28 @@ class TestFlood:
         assert flood.wait(limits, group, now + 20) == pytest.approx(39.95)
         assert flood.wait(limits, group, now + 59.95) == 0
 
-    def test_retry_after_is_rounded_up(self, emulator_module: ModuleType) -> None:
-        error = emulator_module.flood_error(0.2)
+    def test_retry_after_is_rounded_up(self) -> None:
+        error = flood_error(0.2)
         assert error.parameters == {"retry_after": 1}
-        assert emulator_module.flood_error(39.95).description == "Too Many Requests: retry after 40"
+        assert flood_error(39.95).description == "Too Many Requests: retry after 40"
 
 
 class TestPersistenceRoundTrip:
-    def test_snapshot_restore(self, emulator_module: ModuleType, tmp_path) -> None:
-        module = emulator_module
-        opts = module.Options(api_id=1, api_hash="h")
+    def test_snapshot_restore(self, tmp_path) -> None:
+        opts = Options(api_id=1, api_hash="h")
 
         async def build():
-            emu = module.Emulator(opts, str(tmp_path), None)
+            emu = Emulator(opts, str(tmp_path), None)
             bot = emu.register_bot("77:" + "b" * 30)
             emu.register_chat(bot, {"id": 5, "blocked": True})
-            emu.inject(bot, module.UpdateGenerator(bot, {"count": 5, "seed": 1}).generate())
+            emu.inject(bot, UpdateGenerator(bot, {"count": 5, "seed": 1}).generate())
             bot.confirm(bot.base_id + 2)
             return emu
 
         emu = asyncio.run(build())
-        lines = b"".join(module.snapshot(emu)).split(b"\n")
-        copy = module.Emulator(opts, str(tmp_path), None)
-        assert module.restore(copy, [*lines, b"garbage"]) == len(lines) - 1
+        lines = b"".join(snapshot(emu)).split(b"\n")
+        copy = Emulator(opts, str(tmp_path), None)
+        assert restore(copy, [*lines, b"garbage"]) == len(lines) - 1
         original, restored = emu.bots[77], copy.bots[77]
         assert restored.history == original.history
         assert restored.history_types == original.history_types

@@ -1,6 +1,7 @@
 """The Bot API emulator as a test process, and a small client for it.
 
-``EmulatorProcess`` starts ``tests/emulator/botapi_emulator.py`` on free loopback ports
+``EmulatorProcess`` starts the package ``tests/botapi_emulator`` (``python -m
+botapi_emulator`` with ``tests/`` on ``PYTHONPATH``) on free loopback ports
 (API and control listener), waits until it answers, and stops it at the end::
 
     with EmulatorProcess(tmp_path) as emu:
@@ -16,7 +17,6 @@ The control API is reached on the separate ``--control-port`` listener (``contro
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import os
 import secrets
@@ -29,28 +29,24 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from harness.ports import free_port
 from harness.tokens import fake_token
 
-EMULATOR_PATH = Path(__file__).resolve().parents[1] / "emulator" / "botapi_emulator.py"
+TESTS_DIR = Path(__file__).resolve().parents[1]
+EMULATOR_PACKAGE = TESTS_DIR / "botapi_emulator"
+EMULATOR_COMMAND = (sys.executable, "-m", "botapi_emulator")
 FAKE_API_ID = "12345"
 FAKE_API_HASH = "emulator-fake-api-hash"
 
 
-def load_emulator_module() -> ModuleType:
-    """The emulator file imported as a module (its pure functions and constants)."""
-    loaded = sys.modules.get("botapi_emulator")
-    if loaded is not None:
-        return loaded
-    spec = importlib.util.spec_from_file_location("botapi_emulator", EMULATOR_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["botapi_emulator"] = module
-    spec.loader.exec_module(module)
-    return module
+def emulator_env(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` with ``tests/`` first on ``PYTHONPATH``, so ``python -m botapi_emulator`` runs."""
+    env = dict(base)
+    paths = [str(TESTS_DIR), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
 
 
 class EmulatorError(RuntimeError):
@@ -107,8 +103,7 @@ class EmulatorProcess:
     # life cycle ---------------------------------------------------------------------
     def command(self) -> list[str]:
         cmd = [
-            sys.executable,
-            str(EMULATOR_PATH),
+            *EMULATOR_COMMAND,
             f"--http-port={self.port}",
             "--http-ip-address=127.0.0.1",
             f"--control-port={self.control_port}",
@@ -125,7 +120,7 @@ class EmulatorProcess:
         return cmd + self.extra_args
 
     def start(self, timeout: float = 15.0) -> EmulatorProcess:
-        env = dict(os.environ)
+        env = emulator_env(os.environ)
         env.setdefault("TELEGRAM_API_ID", FAKE_API_ID)
         env.setdefault("TELEGRAM_API_HASH", FAKE_API_HASH)
         env.update(self.env)
