@@ -63,6 +63,8 @@ class TestTokens:
             ("123456:short", 401, "Unauthorized"),
             ("123456:" + "a" * 23, 401, "Unauthorized"),
             ("123456:" + "a" * 30 + "!", 401, "Unauthorized"),
+            ("123456:" + "a" * 29, 401, "Unauthorized"),
+            ("123456:" + "a" * 30, 401, "Unauthorized"),
         ],
     )
     def test_malformed_tokens(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import secrets
 
 import pytest
 
@@ -24,8 +27,15 @@ from botapi_emulator.limits import FloodState, Limits
 from botapi_emulator.persistence import restore, snapshot
 from botapi_emulator.protocol import flood_error
 from botapi_emulator.service import is_loopback
-from botapi_emulator.tokens import TokenError, parse_token, redact_text
+from botapi_emulator.tokens import (
+    BASE64URL_ALPHABET,
+    TokenError,
+    is_base64url,
+    parse_token,
+    redact_text,
+)
 from botapi_emulator.update_types import update_type_of
+from harness.tokens import fake_token
 
 pytestmark = pytest.mark.unit
 
@@ -118,12 +128,52 @@ class TestTokensAndRouting:
             ("-5:" + "a" * 30, 401),
             ("123:" + "a" * 23, 401),
             ("123:" + "a" * 81, 401),
+            ("123:" + "a" * 29, 401),  # length mod 4 == 1
+            ("123:" + "a" * 30, 401),  # last character not canonical
+            ("123:" + "a" * 31, 401),
+            ("123:" + "a" * 27 + "+", 401),
         ]:
             with pytest.raises(TokenError) as caught:
                 parse_token(token)
             assert caught.value.status == status, token
-        with pytest.raises(TokenError):
-            parse_token("124:" + "a" * 30, 1, 2)
+            if token.startswith("123:") and len(token) <= 80:
+                assert caught.value.description == "Unauthorized", token
+        with pytest.raises(TokenError) as caught:
+            parse_token("124:" + "a" * 32, 1, 2)
+        assert caught.value.status == 421
+        assert parse_token("123:" + "A" * 30) == parse_token("123:" + "Q" * 31) == 123
+        assert parse_token("123:" + "A" * 26 + "==") == 123
+
+    @pytest.mark.parametrize("length", range(33))
+    def test_base64url_of_any_bytes_is_accepted(self, length: int) -> None:
+        encoded = base64.urlsafe_b64encode(secrets.token_bytes(length)).decode()
+        assert is_base64url(encoded)
+        assert is_base64url(encoded.rstrip("="))
+
+    def test_base64url_agrees_with_a_round_trip(self) -> None:
+        """Canonical means: decoding and encoding again gives the same characters back."""
+
+        def round_trips(text: str) -> bool:
+            try:
+                raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            except binascii.Error:
+                return False
+            return base64.urlsafe_b64encode(raw).decode().rstrip("=") == text
+
+        for prefix in ("", "A", "Zm", "Zm9", "Zm9v"):
+            for last in BASE64URL_ALPHABET:
+                text = prefix + last
+                assert is_base64url(text) == round_trips(text), text
+
+    def test_base64url_padding_and_characters(self) -> None:
+        for good in ("", "AA==", "AAA=", "AAAA", "AQ", "AAE", "-_-_"):
+            assert is_base64url(good), good
+        for bad in ("A", "AA=", "A===", "AAAA=", "=", "AB==", "AAF", "AA+/", "AA A", "AA.A"):
+            assert not is_base64url(bad), bad
+
+    def test_fake_tokens_are_well_formed(self) -> None:
+        for bot_id in (1, 123456, (1 << 54) - 1):
+            assert parse_token(fake_token(bot_id)) == bot_id
 
     def test_redaction(self) -> None:
         line = "GET /bot123456:" + "A" * 27 + "_-x/getMe"
@@ -233,7 +283,7 @@ class TestPersistenceRoundTrip:
 
         async def build():
             emu = Emulator(opts, str(tmp_path), None)
-            bot = emu.register_bot("77:" + "b" * 30)
+            bot = emu.register_bot("77:" + "b" * 32)
             emu.register_chat(bot, {"id": 5, "blocked": True})
             emu.inject(bot, UpdateGenerator(bot, {"count": 5, "seed": 1}).generate())
             bot.confirm(bot.base_id + 2)
