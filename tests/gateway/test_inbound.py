@@ -3,6 +3,7 @@ every update the emulator serves lands in JetStream exactly once, as served."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -22,16 +23,28 @@ def metric_values(text: str, name: str) -> dict[str, float]:
     return values
 
 
+def confirmed_beyond(stack, firsts: dict[int, int]) -> bool:
+    """Whether every bot confirmed an update id above its entry in ``firsts``."""
+    confirmed = stack.emulator.stats()["confirmed_offset"]
+    return all(confirmed[str(bot_id)] > first for bot_id, first in firsts.items())
+
+
 def test_two_bots_two_workers_every_update_exactly_once(stack):
-    gateway = stack.gateway(workers=2)
+    gateway = stack.add_gateway(workers=2)
     # updates arrive while the gateway polls: several injections per bot, mixed kinds, with
-    # fields the gateway does not know
+    # fields the gateway does not know; the next one once the gateway has taken in some of this
     for round_ in range(5):
-        for bot_id in stack.bot_ids:
-            stack.emulator.generate(
+        firsts = {
+            bot_id: stack.emulator.generate(
                 bot_id, 1000, kinds=stack.kinds, unknown_field_ratio=0.3, seed=round_
-            )
-        time.sleep(0.1)
+            )["first_update_id"]
+            for bot_id in stack.bot_ids
+        }
+        wait_until(
+            functools.partial(confirmed_beyond, stack, firsts),
+            20,
+            f"both bots to confirm updates of round {round_}",
+        )
     for bot_id in stack.bot_ids:
         stack.wait_confirmed(bot_id, 60)
     stored = stack.read_stream()
@@ -58,7 +71,7 @@ def test_two_bots_two_workers_every_update_exactly_once(stack):
 def test_healthz_stays_fast_while_20000_updates_flow(stack):
     """One worker polls and answers /healthz: the NATS bridge never blocks its hub."""
     bot_id = stack.bot_ids[0]
-    gateway = stack.gateway(workers=1, bots=(bot_id,), GATEWAY_LOG_LEVEL="INFO")
+    gateway = stack.add_gateway(workers=1, bots=(bot_id,), GATEWAY_LOG_LEVEL="INFO")
     for _ in range(20):  # warm up connections
         stack.timed_healthz(gateway)
     stack.emulator.generate(bot_id, 20_000, kinds=stack.kinds, seed=7)
@@ -110,7 +123,7 @@ def _message(chat_id: int, text: str, user_id: int = 4242) -> dict:
 def test_routing_ask_commands_from_one_chat_to_the_agent_inbox(stack):
     bot_id, other_bot = stack.bot_ids
     chat, other_chat = -1001000000001, -1001000000002
-    gateway = stack.gateway(workers=2, routes=ASK_ROUTES.format(bot=bot_id, chat=chat))
+    gateway = stack.add_gateway(workers=2, routes=ASK_ROUTES.format(bot=bot_id, chat=chat))
     texts = [
         (chat, "/ask what is up?", True),
         (chat, "/ask@emulated_bot and now", True),
@@ -151,7 +164,7 @@ routes:
     match: {chat_id: "not a number"}
     subjects: [agents.b.inbox]
 """
-    gateway = stack.gateway(workers=1, routes=routes, start=False)
+    gateway = stack.add_gateway(workers=1, routes=routes, start=False)
     with pytest.raises(AssertionError):
         gateway.start(wait_healthy=False, timeout=5)
     assert gateway.proc is not None and gateway.proc.poll() not in (None, 0)
@@ -165,7 +178,7 @@ def test_webhook_is_deleted_before_polling(stack):
     token = stack.tokens[bot_id]
     status, body, _ = stack.emulator.call(token, "setWebhook", url="https://hooks.example.org/x")
     assert status == 200, body
-    gateway = stack.gateway(workers=2, bots=(bot_id,))
+    gateway = stack.add_gateway(workers=2, bots=(bot_id,))
     stack.emulator.generate(bot_id, 50, seed=3)
     stack.wait_confirmed(bot_id, 20)
     _, info, _ = stack.emulator.call(token, "getWebhookInfo")

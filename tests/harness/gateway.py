@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from harness.ports import free_port
-from harness.procs import children, terminate, wait_until
+from harness.ports import free_port, port_free
+from harness.procs import alive, children, terminate, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_DIR = REPO / "gateway"
@@ -136,8 +135,14 @@ class GatewayProcess:
         self.proc = None
 
     def restart(self) -> GatewayProcess:
+        """Stop, wait until every old worker is gone and the port is free, start again."""
+        workers = self.worker_pids() if self.proc is not None else []
         self.stop()
-        time.sleep(0.2)
+        wait_until(
+            lambda: not any(alive(pid) for pid in workers) and port_free(self.port),
+            15,
+            f"the old gateway's workers to exit and port {self.port} to be free",
+        )
         return self.start()
 
     def __enter__(self) -> GatewayProcess:
