@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+# Bot API 10.3, in the gateway's order: a test keeps this equal to the gateway's own list
+# (telegram_gateway.config.ALL_UPDATE_TYPES) and to the Update fields of the model library.
 KNOWN_UPDATE_TYPES = (
     "message",
     "edited_message",
@@ -28,6 +30,10 @@ KNOWN_UPDATE_TYPES = (
     "chat_join_request",
     "chat_boost",
     "removed_chat_boost",
+    "managed_bot",
+    "guest_message",
+    "subscription",
+    "stopped_message_generation",
 )
 KNOWN_UPDATE_TYPE_SET = frozenset(KNOWN_UPDATE_TYPES)
 DEFAULT_EXCLUDED_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})

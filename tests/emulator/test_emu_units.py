@@ -34,8 +34,9 @@ from botapi_emulator.tokens import (
     parse_token,
     redact_text,
 )
-from botapi_emulator.update_types import update_type_of
+from botapi_emulator.update_types import KNOWN_UPDATE_TYPES, update_type_of
 from harness.tokens import fake_token
+from telegram_gateway.config import ALL_UPDATE_TYPES
 
 pytestmark = pytest.mark.unit
 
@@ -188,6 +189,9 @@ class TestTokensAndRouting:
     def test_update_type(self) -> None:
         assert update_type_of({"update_id": 1, "x_new": {}, "message": {}}) == ("message")
         assert update_type_of({"update_id": 1, "brand_new": {}}) == "brand_new"
+
+    def test_update_types_are_the_gateways(self) -> None:
+        assert KNOWN_UPDATE_TYPES == ALL_UPDATE_TYPES
 
     def test_chat_type_by_id(self) -> None:
         assert chat_type_by_id(5) == "private"
