@@ -22,7 +22,7 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,14 +37,10 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "gateway")]
 import nats  # noqa: E402
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig  # noqa: E402
 
-from harness.emulator import EmulatorProcess  # noqa: E402
-from harness.gateway import GatewayProcess  # noqa: E402
-from harness.nats import NatsServer  # noqa: E402
 from harness.procs import wait_until  # noqa: E402
-from harness.tokens import fake_token  # noqa: E402
+from harness.stack import NATS_USER, Stack  # noqa: E402
 
 BOT_ID = 900000001
-USER = "gateway"
 KINDS = ["message", "edited_message", "callback_query", "my_chat_member", "message_reaction"]
 BATCH = 100
 
@@ -65,7 +61,7 @@ def stream_config(name: str, subjects: list[str]) -> StreamConfig:
 
 async def stream_span(url: str, password: str, stream: str) -> tuple[int, float]:
     """(messages, seconds between the first and the last stored message)."""
-    nc = await nats.connect(url, user=USER, password=password)
+    nc = await nats.connect(url, user=NATS_USER, password=password)
     try:
         js = nc.jetstream()
         state = (await js.stream_info(stream)).state
@@ -80,7 +76,7 @@ async def stream_span(url: str, password: str, stream: str) -> tuple[int, float]
 
 
 async def stream_count(url: str, password: str, stream: str) -> int:
-    nc = await nats.connect(url, user=USER, password=password)
+    nc = await nats.connect(url, user=NATS_USER, password=password)
     try:
         return int((await nc.jetstream().stream_info(stream)).state.messages)
     finally:
@@ -90,7 +86,7 @@ async def stream_count(url: str, password: str, stream: str) -> int:
 async def bare_loop(url: str, password: str, updates: list[dict[str, Any]]) -> tuple[float, float]:
     """Same payloads and headers, batches of BATCH, publish_async + wait for every ack.
     Returns (wall seconds, seconds between first and last stored)."""
-    nc = await nats.connect(url, user=USER, password=password)
+    nc = await nats.connect(url, user=NATS_USER, password=password)
     js = nc.jetstream()
     name = "BARE"
     await js.add_stream(stream_config(name, ["bare.in.>"]))
@@ -147,125 +143,111 @@ def main() -> int:
     n = args.updates
 
     root = Path(tempfile.mkdtemp(prefix="inbound-bench-"))
-    password = secrets.token_urlsafe(18)
-    token = fake_token(BOT_ID)
-    nats_server = NatsServer(root / "nats", users={USER: password}).start()
-    emulator = EmulatorProcess(root / "emulator", bots=[token], verbosity=1).start()
-    gateway: GatewayProcess | None = None
     try:
-        for _ in range(n // 10_000):
-            emulator.generate(BOT_ID, 10_000, kinds=KINDS, unknown_field_ratio=0.1)
-        if n % 10_000:
-            emulator.generate(BOT_ID, n % 10_000, kinds=KINDS, unknown_field_ratio=0.1)
-        served = emulator.updates(BOT_ID)["updates"]
-        assert len(served) == n
-        size = sum(len(json.dumps(u)) for u in served) / n
-        print(f"preloaded {n:,} updates (mean {size:.0f} bytes of JSON)")
-
-        gateway = GatewayProcess(
-            root / "gateway",
-            {
-                "TELEGRAM_API_URL": emulator.api_url,
-                "TELEGRAM_BOT_TOKENS": token,
-                "NATS_URL": nats_server.url,
-                "NATS_USER": USER,
-                "NATS_PASSWORD": password,
-                "GATEWAY_API_TOKEN": secrets.token_urlsafe(24),
-                "GATEWAY_LOG_LEVEL": "INFO",
-                "GATEWAY_POLL_TIMEOUT": "5",
-            },
-            workers=args.workers,
-        )
-        latencies: list[float] = []
-        statuses: dict[int, int] = {}
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                started = time.perf_counter()
-                try:
-                    status, _ = gateway.get("/healthz", timeout=5)
-                except OSError:
-                    status = 0
-                latencies.append(time.perf_counter() - started)
-                statuses[status] = statuses.get(status, 0) + 1
-                stop.wait(0.02)
-
-        started = time.perf_counter()
-        gateway.start(wait_healthy=False, timeout=30)
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-
-        def all_stored() -> bool:
-            return asyncio.run(stream_count(nats_server.url, password, "TELEGRAM")) >= n
-
-        # coarse polling (a new NATS connection each time costs CPU the gateway needs); the
-        # rate comes from the stream's own timestamps, so this adds nothing to it
-        wait_until(all_stored, 600, f"{n} updates in JetStream", interval=0.25)
-        wall = time.perf_counter() - started
-        stop.set()
-        sampler.join(5)
-        count, span = asyncio.run(stream_span(nats_server.url, password, "TELEGRAM"))
-        assert count == n, count
-        record = json.loads((gateway.state_dir / "pollers" / f"{BOT_ID}.json").read_text())
-        holder = record["pid"]
-        rss_mib = vm_hwm_kib(holder) / 1024
-        others = [vm_hwm_kib(pid) / 1024 for pid in gateway.worker_pids() if pid != holder]
-        # the holder's CPU minus a standby's (start-up, heartbeats, /healthz): the cost of
-        # the updates themselves, independent of what else runs on the machine
-        standby = [cpu_seconds(pid) for pid in gateway.worker_pids() if pid != holder]
-        cpu = cpu_seconds(holder) - (min(standby) if standby else 0.0)
-        gateway_rate = n / span
-
-        bare_wall, bare_span = asyncio.run(bare_loop(nats_server.url, password, served))
-        bare_rate = n / bare_span
-        ratio = gateway_rate / bare_rate
-
-        latencies.sort()
-        p50 = statistics.median(latencies) * 1000
-        p99 = latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000
-        worst = latencies[-1] * 1000
-
-        print(
-            f"gateway ({args.workers} gevent workers): {gateway_rate:,.0f} updates/s "
-            f"(first to last stored {span:.2f} s; {wall:.2f} s wall incl. gunicorn start-up)"
-        )
-        print(f"bare nats-py loop:         {bare_rate:,.0f} updates/s ({bare_wall:.2f} s wall)")
-        print(f"ratio gateway / bare:      {ratio:.2f}")
-        print(
-            f"polling worker CPU:        {cpu / n * 1e6:.0f} us per update "
-            f"(one free core would carry about {n / cpu:,.0f} updates/s)"
-        )
-        print(
-            f"polling worker peak RSS:   {rss_mib:.1f} MiB"
-            + (f" (other workers {', '.join(f'{o:.1f}' for o in others)} MiB)" if others else "")
-        )
-        print(
-            f"/healthz during the run:   n={len(latencies)} p50={p50:.1f} ms p99={p99:.1f} ms "
-            f"max={worst:.1f} ms; statuses {statuses}"
-        )
-        missed = []
-        if gateway_rate < 10_000:
-            missed.append("throughput < 10,000 updates/s")
-        if ratio < 0.5:
-            missed.append("ratio < 0.5")
-        if rss_mib > 80:
-            missed.append("RSS > 80 MB")
-        if p99 >= 50:
-            missed.append("/healthz p99 >= 50 ms")
-        print("targets: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
-        return 1 if missed else 0
+        # the health probe at the gateway's default interval, not the tests' short one
+        settings = {"GATEWAY_POLL_TIMEOUT": "5", "GATEWAY_HEALTH_PROBE_INTERVAL": "5"}
+        with Stack(root, (BOT_ID,), gateway=False, env=settings, emulator_verbosity=1) as stack:
+            return run(stack, n, args.workers)
     finally:
-        if gateway is not None:
-            gateway.stop()
-        emulator.stop()
-        nats_server.stop()
         if not args.keep:
-            import shutil
-
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"kept {root}")
+
+
+def run(stack: Stack, n: int, workers: int) -> int:
+    """Preload ``n`` updates, start a gateway with ``workers`` workers, measure; exit code."""
+    emulator, nats_url, password = stack.emulator, stack.nats.url, stack.nats_password
+    assert password is not None
+    for _ in range(n // 10_000):
+        emulator.generate(BOT_ID, 10_000, kinds=KINDS, unknown_field_ratio=0.1)
+    if n % 10_000:
+        emulator.generate(BOT_ID, n % 10_000, kinds=KINDS, unknown_field_ratio=0.1)
+    served = emulator.updates(BOT_ID)["updates"]
+    assert len(served) == n
+    size = sum(len(json.dumps(u)) for u in served) / n
+    print(f"preloaded {n:,} updates (mean {size:.0f} bytes of JSON)")
+
+    gateway = stack.add_gateway(workers=workers, start=False)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                status, _ = gateway.get("/healthz", timeout=5)
+            except OSError:
+                status = 0
+            latencies.append(time.perf_counter() - started)
+            statuses[status] = statuses.get(status, 0) + 1
+            stop.wait(0.02)
+
+    started = time.perf_counter()
+    gateway.start(wait_healthy=False, timeout=30)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+
+    def all_stored() -> bool:
+        return asyncio.run(stream_count(nats_url, password, "TELEGRAM")) >= n
+
+    # coarse polling (a new NATS connection each time costs CPU the gateway needs); the
+    # rate comes from the stream's own timestamps, so this adds nothing to it
+    wait_until(all_stored, 600, f"{n} updates in JetStream", interval=0.25)
+    wall = time.perf_counter() - started
+    stop.set()
+    sampler.join(5)
+    count, span = asyncio.run(stream_span(nats_url, password, "TELEGRAM"))
+    assert count == n, count
+    record = json.loads((gateway.state_dir / "pollers" / f"{BOT_ID}.json").read_text())
+    holder = record["pid"]
+    rss_mib = vm_hwm_kib(holder) / 1024
+    others = [vm_hwm_kib(pid) / 1024 for pid in gateway.worker_pids() if pid != holder]
+    # the holder's CPU minus a standby's (start-up, heartbeats, /healthz): the cost of
+    # the updates themselves, independent of what else runs on the machine
+    standby = [cpu_seconds(pid) for pid in gateway.worker_pids() if pid != holder]
+    cpu = cpu_seconds(holder) - (min(standby) if standby else 0.0)
+    gateway_rate = n / span
+
+    bare_wall, bare_span = asyncio.run(bare_loop(nats_url, password, served))
+    bare_rate = n / bare_span
+    ratio = gateway_rate / bare_rate
+
+    latencies.sort()
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000
+    worst = latencies[-1] * 1000
+
+    print(
+        f"gateway ({workers} gevent workers): {gateway_rate:,.0f} updates/s "
+        f"(first to last stored {span:.2f} s; {wall:.2f} s wall incl. gunicorn start-up)"
+    )
+    print(f"bare nats-py loop:         {bare_rate:,.0f} updates/s ({bare_wall:.2f} s wall)")
+    print(f"ratio gateway / bare:      {ratio:.2f}")
+    print(
+        f"polling worker CPU:        {cpu / n * 1e6:.0f} us per update "
+        f"(one free core would carry about {n / cpu:,.0f} updates/s)"
+    )
+    print(
+        f"polling worker peak RSS:   {rss_mib:.1f} MiB"
+        + (f" (other workers {', '.join(f'{o:.1f}' for o in others)} MiB)" if others else "")
+    )
+    print(
+        f"/healthz during the run:   n={len(latencies)} p50={p50:.1f} ms p99={p99:.1f} ms "
+        f"max={worst:.1f} ms; statuses {statuses}"
+    )
+    missed = []
+    if gateway_rate < 10_000:
+        missed.append("throughput < 10,000 updates/s")
+    if ratio < 0.5:
+        missed.append("ratio < 0.5")
+    if rss_mib > 80:
+        missed.append("RSS > 80 MB")
+    if p99 >= 50:
+        missed.append("/healthz p99 >= 50 ms")
+    print("targets: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
