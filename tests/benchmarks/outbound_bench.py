@@ -120,7 +120,7 @@ def overhead(root: Path, workers: int, count: int, concurrency: int, sequential:
         f"== overhead: pacing off, emulator limits off, {workers} gateway workers, "
         f"{os.cpu_count()} CPUs (client, emulator and gateway share them)"
     )
-    with OutboundStack(root / "overhead", workers=workers, GATEWAY_SEND_PACING="false") as stack:
+    with OutboundStack(root / "overhead", workers=workers, pacing=False) as stack:
         stack.emulator.set_limits(enabled=False)
         token = stack.tokens[BOT]
         targets = {
