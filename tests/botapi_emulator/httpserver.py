@@ -160,6 +160,7 @@ class HttpConnection(asyncio.Protocol):
         self.current: Request | None = None
         self.closed = False
         self.paused = False
+        self.close_after_answer = False
 
     # asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -321,6 +322,7 @@ class HttpConnection(asyncio.Protocol):
             and request.keep_alive
             and not response.close
             and not force_close
+            and not self.close_after_answer
             and not self.service.stopping
         )
         self._write(response, keep)

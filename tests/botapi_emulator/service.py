@@ -121,7 +121,11 @@ class Service:
             self.api_server = None
             log.warning("fault: API listener down for %.3f s", duration)
         for conn in list(self.connections):
-            if conn.kind == "api":
+            if conn.kind != "api":
+                continue
+            if conn.current is not None and conn.current.path.startswith("/_emulator"):
+                conn.close_after_answer = True  # the control request that took it down
+            else:
                 conn.shutdown(None)
         if self.up_timer is not None:
             self.up_timer.cancel()

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from harness.emulator import BotHandle, private_message, raw_request
+from harness.procs import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -48,10 +49,12 @@ def test_fault_for_one_bot_only(bot: BotHandle) -> None:
 
 
 def test_fault_duration(bot: BotHandle) -> None:
+    started = time.monotonic()
     bot.emu.fault("error", duration=0.3)
     assert bot.call("getMe")[0] == 500
-    time.sleep(0.4)
-    assert bot.call("getMe")[0] == 200
+    wait_until(lambda: bot.call("getMe")[0] == 200, 5.0, "the fault to expire")
+    assert time.monotonic() - started >= 0.3
+    assert bot.emu.faults() == []
 
 
 def test_delay_fault(bot: BotHandle) -> None:
@@ -84,12 +87,12 @@ def refused(port: int) -> bool:
 
 def test_down_fault_refuses_connections_then_recovers(bot: BotHandle) -> None:
     bot.inject([private_message(3, "survives")])
+    started = time.monotonic()
     bot.emu.fault("down", duration=0.6)
-    time.sleep(0.1)
-    assert refused(bot.emu.port)
+    assert refused(bot.emu.port)  # applied before the control API answered
     assert bot.emu.stats()["pending"][str(bot.id)] == 1
-    time.sleep(0.8)
-    assert not refused(bot.emu.port)
+    wait_until(lambda: not refused(bot.emu.port), 5.0, "the API listener to come back")
+    assert time.monotonic() - started >= 0.6
     assert bot.ok("getUpdates")[0]["message"]["text"] == "survives"
 
 
@@ -102,10 +105,8 @@ def test_down_fault_from_the_api_port_and_clearing_it(bot: BotHandle) -> None:
         {"Content-Type": "application/json"},
     )
     assert status == 200
-    time.sleep(0.1)
     assert refused(bot.emu.port)
     bot.emu.clear_faults()
-    time.sleep(0.1)
     assert bot.call("getMe")[0] == 200
 
 
@@ -114,13 +115,11 @@ def test_down_fault_closes_open_connections(bot: BotHandle) -> None:
     conn.request("GET", f"/bot{bot.token}/getMe")
     conn.getresponse().read()
     bot.emu.fault("down", duration=0.5)
-    time.sleep(0.1)
     with pytest.raises((http.client.RemoteDisconnected, ConnectionError, OSError)):
         conn.request("GET", f"/bot{bot.token}/getMe")
         conn.getresponse()
     conn.close()
-    time.sleep(0.6)
-    assert bot.call("getMe")[0] == 200
+    wait_until(lambda: bot.call("getMe")[0] == 200, 5.0, "the API listener to come back")
 
 
 def test_invalid_fault(bot: BotHandle) -> None:

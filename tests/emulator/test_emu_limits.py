@@ -63,7 +63,7 @@ def test_private_chat_burst_then_one_per_second(bot: BotHandle, client: KeepAliv
     assert_flood(*client.send(11), low=1, high=1)
     assert len(bot.sent()) == 3
     assert bot.emu.stats()["flood_429"] == before + 1
-    time.sleep(1.0)
+    time.sleep(1.0)  # not synchronisation: the one-second window has to pass
     assert client.send(11)[0] == 200
     assert client.send(11)[0] == 429
 
@@ -85,7 +85,7 @@ def test_thirty_per_second_per_bot(bot: BotHandle, client: KeepAliveClient) -> N
     assert statuses == [200] * 30
     assert_flood(*client.send(130), low=1, high=1)
     assert len(bot.sent()) == 30
-    time.sleep(1.0)
+    time.sleep(1.0)  # not synchronisation: the one-second window has to pass
     assert client.send(130)[0] == 200
 
 

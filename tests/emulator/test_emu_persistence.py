@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.emulator import BotHandle, EmulatorProcess, private_message
+from harness.procs import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -128,7 +129,7 @@ def test_sigterm_answers_delayed_requests_too(own_emulator: EmulatorProcess) -> 
     own_emulator.fault("delay", delay=20, methods=["getMe"])
     pool = ThreadPoolExecutor(max_workers=1)
     future = pool.submit(bot.call, "getMe")
-    time.sleep(0.3)
+    wait_until(lambda: own_emulator.stats()["calls"].get("getMe") == 1, 5.0, "the delayed getMe")
     assert own_emulator.stop() == 0
     status, body, _ = future.result(10)
     pool.shutdown()
