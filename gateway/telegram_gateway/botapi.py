@@ -1,76 +1,261 @@
-"""The Bot API client: raw JSON in, raw JSON out, typed errors.
+"""The gateway's one Bot API client: raw JSON in, raw JSON out, typed errors.
 
-pyTelegramBotAPI's ``apihelper._make_request`` does the HTTP (requests underneath). We use
-only that layer, never the ``TeleBot`` object model: results come back as the JSON the Bot API
-returned (dicts), so fields unknown to the library survive untouched. Its threaded
-``polling()`` is not used either; the poller drives ``getUpdates`` itself.
+:class:`BotApi` (one per worker process) POSTs ``/bot<token>/<method>`` to the Bot API server
+(``TELEGRAM_API_URL``) through one ``requests`` session, whose connection pool all greenlets
+of the worker share (requests and urllib3 are cooperative under gevent's monkey-patching).
+:class:`BotApiClient` is one bot's view of it: the poller's ``getUpdates`` and the health
+probe's ``getMe``. The sender posts through :meth:`BotApi.post` with the token of the bot
+it sends for.
 
-Under gevent the requests session is cooperative. One shared session (with a connection
-pool large enough for all greenlets of a worker) keeps connections alive. The library reads
-its base URL from a module global, so one process talks to one Bot API server
-(``TELEGRAM_API_URL``); ``BotApiClient`` refuses a second, different one.
+Parameters go as a JSON body; a file uploaded to ``/send`` goes as ``multipart/form-data``
+built by requests-toolbelt's ``MultipartEncoder``, which reads the file as urllib3 sends it
+(never the whole file in memory, up to the local server's 2000 MB).
 
-``get_updates_raw`` is the one exception to going through ``_make_request``: the poller
-needs every Update's JSON *exactly as the Bot API sent it* (it is the NATS payload), so that
-method splits the answer's ``result`` array itself, each element parsed once and kept as its
-original bytes (nothing re-serialised). It is also the inbound hot path (one call per 100
-updates), so it talks over its own keep-alive ``http.client`` connection (cooperative under
-gevent): preparing a request through requests costs more CPU than the JetStream publish of
-the whole batch. It never logs the URL (which holds the token).
+Answers are not re-serialised: :class:`Reply` keeps the Bot API's bytes next to the parsed
+envelope (the NATS reply is those bytes), and :meth:`BotApiClient.get_updates_raw` splits the
+``result`` array of ``getUpdates`` itself so that every Update's JSON is published exactly as
+served, fields unknown to anyone included (:func:`split_result_array`).
 
-Every call is bounded by a timeout (the real server, without a route to Telegram, may never
-answer). Errors: :class:`BotApiUnavailable`, :class:`BotApiTimeout`, :class:`TelegramError`
-(see ``errors.py``); none of their messages contain the token.
+pyTelegramBotAPI's own HTTP layer (``apihelper._make_request``) is not used: it returns only
+the parsed ``result`` (the bytes above are lost), sends every parameter in the URL's query
+string, builds an upload in memory (``files=``) and patches urllib3's multipart header
+formatting process-wide, and formats every whole answer for a debug log line on every call.
+Its requests session is a per-thread (per-greenlet, under gevent) module global; the session
+here is an attribute.
+
+What the caller gets, because the gateway's promises depend on it:
+
+* a Bot API answer, ``ok`` true or false -- :meth:`BotApi.post` returns it as a :class:`Reply`
+  (:meth:`BotApiClient.call` raises :class:`TelegramError` for ``ok: false``);
+* :class:`BotApiUnreachable` -- no connection could be made (refused, unreachable, connect
+  timeout): the request was certainly not sent, a retry is safe;
+* :class:`BotApiUnavailable` -- the connection broke after the request went out, or the answer
+  is not a Bot API envelope: Telegram may have acted on it;
+* :class:`BotApiTimeout` -- no complete answer within the bound. Under gevent the whole call is
+  also bounded by a ``gevent.Timeout``, so a server that trickles bytes cannot hold a greenlet
+  past it (requests' own timeouts bound each socket operation, not the call).
+
+No error message contains the token (the URL holds it; messages name ``TELEGRAM_API_URL``).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import logging
 import re
-import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from telebot import apihelper
+from requests_toolbelt.multipart.encoder import MultipartEncoder
+from urllib3.exceptions import NewConnectionError, ReadTimeoutError
 
 from telegram_gateway.config import BotConfig
-from telegram_gateway.errors import BotApiTimeout, BotApiUnavailable, TelegramError
+from telegram_gateway.errors import (
+    BotApiTimeout,
+    BotApiUnavailable,
+    BotApiUnreachable,
+    TelegramError,
+)
+from telegram_gateway.outbound import Upload
 from telegram_gateway.redact import redact
 from telegram_gateway.updates import encode
 
-logger = logging.getLogger(__name__)
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection to the (local) Bot API server
+POOL_SIZE = 256  # kept-alive connections per worker process
 
-_configure_lock = threading.Lock()
-_configured_url: str | None = None
-
-
-def _configure_library(base_url: str) -> None:
-    global _configured_url
-    with _configure_lock:
-        if _configured_url is None:
-            apihelper.API_URL = base_url + "/bot{0}/{1}"
-            apihelper.FILE_URL = base_url + "/file/bot{0}/{1}"
-            apihelper.RETRY_ON_ERROR = False
-            apihelper.ENABLE_MIDDLEWARE = False
-            apihelper.SESSION_TIME_TO_LIVE = None
-            session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=256)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            apihelper.session = session
-            _configured_url = base_url
-        elif _configured_url != base_url:
-            raise RuntimeError(
-                f"one process talks to one Bot API server: {_configured_url} is configured, "
-                f"not {base_url}"
-            )
+RawUpdate = tuple[Any, bytes]
 
 
+@dataclass(frozen=True)
+class Reply:
+    """One Bot API answer: its envelope, the bytes it came as, and the HTTP status."""
+
+    envelope: dict[str, Any]
+    raw: bytes
+    status: int = 200
+
+
+class _Expired(Exception):
+    """The overall bound of a call passed (gevent's timer)."""
+
+
+class BotApi:
+    """POSTs to one Bot API server over one keep-alive connection pool. Thread- and
+    greenlet-safe; one per worker process."""
+
+    def __init__(self, base_url: str, pool_size: int = POOL_SIZE) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"TELEGRAM_API_URL is not an http(s) URL: {base_url}")
+        self.base_url = base_url.rstrip("/")
+        self._session = requests.Session()
+        self._session.trust_env = False  # no proxy or .netrc lookups: the server is ours
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def __repr__(self) -> str:
+        return f"BotApi({self.base_url!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def post(
+        self,
+        token: str,
+        method: str,
+        params: Mapping[str, Any],
+        upload: Upload | None = None,
+        timeout: float = 30.0,
+    ) -> Reply:
+        """The Bot API's answer (``ok`` true or false); raises a ``BotApiError`` subclass for
+        everything that is not an answer (see the module docstring)."""
+        status, raw = self.exchange(token, method, params, upload, timeout)
+        try:
+            envelope = json.loads(raw)
+        except ValueError:
+            envelope = None
+        if not isinstance(envelope, dict) or "ok" not in envelope:
+            raise self.not_the_bot_api(method, status)
+        return Reply(envelope, raw, status)
+
+    def exchange(
+        self,
+        token: str,
+        method: str,
+        params: Mapping[str, Any],
+        upload: Upload | None,
+        timeout: float,
+    ) -> tuple[int, bytes]:
+        """One POST: (HTTP status, body bytes), whatever they are."""
+        url = f"{self.base_url}/bot{token}/{method}"
+        if upload is None:
+            data: Any = json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode()
+            content_type = "application/json"
+        else:
+            data = _multipart(params, upload)
+            content_type = data.content_type
+        try:
+            with _bounded(timeout):
+                response = self._session.post(
+                    url,
+                    data=data,
+                    headers={"Content-Type": content_type},
+                    timeout=(min(CONNECT_TIMEOUT, timeout), timeout),
+                    allow_redirects=False,
+                )
+                return response.status_code, response.content
+        except (_Expired, requests.ReadTimeout):
+            raise self.timed_out(method, timeout) from None
+        except requests.ConnectTimeout:
+            raise BotApiUnreachable(
+                method, f"{method}: connecting to the Bot API at {self.base_url} timed out"
+            ) from None
+        except requests.ConnectionError as exc:
+            cause = exc.args[0] if exc.args else None
+            if isinstance(cause, ReadTimeoutError):  # while reading the body
+                raise self.timed_out(method, timeout) from None
+            if isinstance(getattr(cause, "reason", None), NewConnectionError):
+                raise BotApiUnreachable(
+                    method,
+                    f"{method}: cannot connect to the Bot API at {self.base_url} "
+                    f"({_reason(cause.reason)})",  # type: ignore[union-attr]
+                ) from None
+            raise self.broke(method, exc) from None
+        except requests.RequestException as exc:  # a malformed answer, chunking, ...
+            raise self.broke(method, exc) from None
+
+    def timed_out(self, method: str, timeout: float) -> BotApiTimeout:
+        return BotApiTimeout(
+            method,
+            f"{method}: no answer from the Bot API within {timeout:g} s "
+            f"(TELEGRAM_API_URL {self.base_url})",
+        )
+
+    def broke(self, method: str, exc: Exception) -> BotApiUnavailable:
+        return BotApiUnavailable(
+            method,
+            f"{method}: the connection to the Bot API at {self.base_url} broke "
+            f"({_reason(exc)}); Telegram may have got the request",
+        )
+
+    def not_the_bot_api(self, method: str, status: int) -> BotApiUnavailable:
+        return BotApiUnavailable(
+            method,
+            f"{method}: the Bot API answered HTTP {status} without a Bot API envelope; "
+            "is TELEGRAM_API_URL a Bot API server?",
+        )
+
+
+class BotApiClient:
+    """One bot's calls on the shared :class:`BotApi`: the poller's and the health probe's."""
+
+    def __init__(self, api: BotApi, bot: BotConfig, timeout: float) -> None:
+        self.api = api
+        self.bot = bot
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"BotApiClient(bot_id={self.bot.bot_id}, base_url={self.api.base_url!r})"
+
+    def call(
+        self, method: str, params: Mapping[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
+        """``result`` of the Bot API method; raises a :class:`BotApiError` subclass otherwise
+        (:class:`TelegramError` for ``ok: false``)."""
+        bound = timeout if timeout is not None else self.timeout
+        reply = self.api.post(self.bot.token, method, params or {}, None, bound)
+        if reply.envelope.get("ok") is not True:
+            raise TelegramError(method, _with_code(reply.envelope, reply.status))
+        return reply.envelope.get("result")
+
+    def get_me(self, timeout: float | None = None) -> dict[str, Any]:
+        return dict(self.call("getMe", timeout=timeout))
+
+    def get_updates_raw(
+        self,
+        offset: int | None,
+        limit: int,
+        poll_timeout: int,
+        allowed_updates: list[str] | None = None,
+    ) -> list[RawUpdate]:
+        """One long poll (the bound is the poll timeout plus the client's timeout); every
+        Update as ``(parsed JSON, its exact bytes as served)``. Errors as :meth:`call` raises
+        them. getUpdates may be repeated, so a connection that broke is tried once more."""
+        method = "getUpdates"
+        params: dict[str, Any] = {"limit": limit, "timeout": poll_timeout}
+        if offset is not None:
+            params["offset"] = offset
+        if allowed_updates is not None:
+            params["allowed_updates"] = allowed_updates
+        bound = poll_timeout + self.timeout
+        try:
+            status, content = self.api.exchange(self.bot.token, method, params, None, bound)
+        except BotApiUnreachable:
+            raise
+        except BotApiUnavailable:
+            status, content = self.api.exchange(self.bot.token, method, params, None, bound)
+        text = content.decode("utf-8", errors="replace")
+        if status == 200:
+            items = split_result_array(text)
+            if items is not None:
+                return items
+        try:
+            envelope = json.loads(text)
+        except ValueError:
+            envelope = None
+        if not isinstance(envelope, dict) or "ok" not in envelope:
+            raise self.api.not_the_bot_api(method, status)
+        if envelope.get("ok") is not True or status != 200:
+            raise TelegramError(method, _with_code(envelope, status))
+        result = envelope.get("result") or []
+        return [(update, encode(update)) for update in result]
+
+
+# ---- getUpdates' result array, element by element, as served ---------------------------------
 _DECODER = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\n\r]*")
 _RESULT_ARRAY = re.compile(
@@ -78,8 +263,6 @@ _RESULT_ARRAY = re.compile(
     r'[ \t\n\r]*"result"[ \t\n\r]*:[ \t\n\r]*\['
 )
 _END = re.compile(r"[ \t\n\r]*\}[ \t\n\r]*\Z")
-
-RawUpdate = tuple[Any, bytes]
 
 
 def split_result_array(text: str) -> list[RawUpdate] | None:
@@ -110,205 +293,67 @@ def split_result_array(text: str) -> list[RawUpdate] | None:
     return items if _END.match(text, index) else None
 
 
-def _encode(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Bot API parameters as the HTTP layer sends them: objects and arrays as JSON text."""
-    encoded: dict[str, Any] = {}
-    for key, value in params.items():
+# ---- helpers ----------------------------------------------------------------------------------
+def _multipart(params: Mapping[str, Any], upload: Upload) -> MultipartEncoder:
+    """Parameters as form fields (objects and arrays as JSON text) and the file, read from
+    its current position as the body is sent."""
+    fields: list[tuple[str, Any]] = []
+    for name, value in params.items():
         if value is None:
             continue
-        if isinstance(value, dict | list | tuple):
-            encoded[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        if isinstance(value, dict | list):
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         elif isinstance(value, bool):
-            encoded[key] = "true" if value else "false"
+            text = "true" if value else "false"
         else:
-            encoded[key] = value
-    return encoded
+            text = str(value)
+        fields.append((name, text))
+    fields.append((upload.field, (upload.filename, upload.stream, upload.content_type)))
+    return MultipartEncoder(fields)
 
 
-class BotApiClient:
-    """Calls one bot's methods on the local Bot API server."""
+def _with_code(envelope: dict[str, Any], status: int) -> dict[str, Any]:
+    if "error_code" in envelope:
+        return envelope
+    return dict(envelope, error_code=status if status != 200 else 500)
 
-    def __init__(self, base_url: str, bot: BotConfig, timeout: float) -> None:
-        _configure_library(base_url)
-        self.base_url = base_url
-        self.bot = bot
-        self.timeout = timeout
-        self._poll_connection: http.client.HTTPConnection | None = None
 
-    def __repr__(self) -> str:
-        return f"BotApiClient(bot_id={self.bot.bot_id}, base_url={self.base_url!r})"
+def _reason(exc: BaseException) -> str:
+    """What went wrong underneath (urllib3's error inside requests'), token redacted."""
+    inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+    return f"{type(inner).__name__}: {redact(str(inner))[:200]}"
 
-    def call(
-        self,
-        method: str,
-        params: Mapping[str, Any] | None = None,
-        *,
-        files: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> Any:
-        """``result`` of the Bot API method; raises a :class:`BotApiError` subclass otherwise."""
-        request = _encode(params or {})
-        bound = timeout if timeout is not None else self.timeout
-        if method.lower() == "getupdates":
-            # the library sends ``long_polling_timeout`` as Telegram's ``timeout`` and reads
-            # the HTTP timeout from ``timeout``
-            if "timeout" in request:
-                request["long_polling_timeout"] = int(request.pop("timeout"))
-            request["timeout"] = bound
-        else:
-            request["timeout"] = bound
+
+class _bounded:
+    """``gevent.Timeout`` (raising :class:`_Expired`) around a block when gevent has patched
+    the process; otherwise nothing (requests' timeouts still bound each read and write)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.timeout: Any = None
+
+    def __enter__(self) -> None:
+        if _gevent_active():
+            import gevent
+
+            self.timeout = gevent.Timeout(self.seconds, _Expired)
+            self.timeout.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.timeout is not None:
+            self.timeout.close()
+
+
+_GEVENT: bool | None = None
+
+
+def _gevent_active() -> bool:
+    global _GEVENT
+    if _GEVENT is None:
         try:
-            return apihelper._make_request(
-                self.bot.token,
-                method,
-                method="post",
-                params=request,
-                files=dict(files) if files else None,
-            )
-        except apihelper.ApiTelegramException as exc:
-            raise TelegramError(method, dict(exc.result_json)) from None
-        except apihelper.ApiHTTPException as exc:
-            raise BotApiUnavailable(
-                method,
-                f"{method}: the Bot API answered HTTP {exc.result.status_code} "
-                "without a JSON body; is TELEGRAM_API_URL a Bot API server?",
-            ) from None
-        except apihelper.ApiInvalidJSONException:
-            raise BotApiUnavailable(
-                method, f"{method}: the Bot API answered invalid JSON"
-            ) from None
-        except requests.Timeout:
-            raise BotApiTimeout(
-                method,
-                f"{method}: no answer from the Bot API at {self.base_url} within {bound:g} s",
-            ) from None
-        except requests.RequestException as exc:
-            raise BotApiUnavailable(
-                method,
-                f"{method}: cannot reach the Bot API at {self.base_url} "
-                f"({type(exc).__name__}: {redact(str(exc))[:200]})",
-            ) from None
+            from gevent import monkey
 
-    def envelope(
-        self,
-        method: str,
-        params: Mapping[str, Any] | None = None,
-        *,
-        files: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """The Bot API's answer as an envelope (``{"ok": true, "result": ...}`` or its error)."""
-        try:
-            return {"ok": True, "result": self.call(method, params, files=files, timeout=timeout)}
-        except TelegramError as exc:
-            return exc.envelope
-
-    def get_me(self, timeout: float | None = None) -> dict[str, Any]:
-        return dict(self.call("getMe", timeout=timeout))
-
-    def get_updates(
-        self,
-        offset: int | None,
-        limit: int,
-        poll_timeout: int,
-        allowed_updates: list[str] | None = None,
-    ) -> list[dict[str, Any]]:
-        """One long poll; the HTTP timeout is the poll timeout plus a margin."""
-        params: dict[str, Any] = {"limit": limit, "timeout": poll_timeout}
-        if offset is not None:
-            params["offset"] = offset
-        if allowed_updates is not None:
-            params["allowed_updates"] = allowed_updates
-        result = self.call("getUpdates", params, timeout=poll_timeout + self.timeout)
-        return list(result or [])
-
-    def get_updates_raw(
-        self,
-        offset: int | None,
-        limit: int,
-        poll_timeout: int,
-        allowed_updates: list[str] | None = None,
-    ) -> list[RawUpdate]:
-        """One long poll; every Update as ``(parsed JSON, its exact bytes as served)``.
-        Errors as :meth:`call` raises them."""
-        method = "getUpdates"
-        params: dict[str, Any] = {"limit": limit, "timeout": poll_timeout}
-        if offset is not None:
-            params["offset"] = offset
-        if allowed_updates is not None:
-            params["allowed_updates"] = allowed_updates
-        bound = poll_timeout + self.timeout
-        body = urlencode(_encode(params)).encode()
-        status, content = self._post_poll(method, body, bound)
-        text = content.decode("utf-8", errors="replace")
-        if status == 200:
-            items = split_result_array(text)
-            if items is not None:
-                return items
-        try:
-            envelope = json.loads(text)
-        except ValueError:
-            envelope = None
-        if not isinstance(envelope, dict):
-            raise BotApiUnavailable(
-                method,
-                f"{method}: the Bot API answered HTTP {status} without a JSON "
-                "body; is TELEGRAM_API_URL a Bot API server?",
-            )
-        if not envelope.get("ok") or status != 200:
-            envelope.setdefault("error_code", status)
-            raise TelegramError(method, envelope)
-        result = envelope.get("result") or []
-        return [(update, encode(update)) for update in result]
-
-    def _post_poll(self, method: str, body: bytes, bound: float) -> tuple[int, bytes]:
-        """POST on the long-poll connection: (HTTP status, body). A kept-alive connection
-        the server has closed meanwhile is replaced once (getUpdates may be repeated)."""
-        parts = urlsplit(self.base_url)
-        path = f"{parts.path.rstrip('/')}/bot{self.bot.token}/{method}"
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        for attempt in (1, 2):
-            connection = self._poll_connection
-            reused = connection is not None and connection.sock is not None
-            if connection is None:
-                factory = (
-                    http.client.HTTPSConnection
-                    if parts.scheme == "https"
-                    else http.client.HTTPConnection
-                )
-                connection = factory(parts.hostname or "127.0.0.1", parts.port, timeout=bound)
-                self._poll_connection = connection
-            connection.timeout = bound
-            if connection.sock is not None:
-                connection.sock.settimeout(bound)
-            try:
-                connection.request("POST", path, body, headers)
-                response = connection.getresponse()
-                content = response.read()
-            except TimeoutError:
-                self._close_poll()
-                raise BotApiTimeout(
-                    method,
-                    f"{method}: no answer from the Bot API at {self.base_url} within {bound:g} s",
-                ) from None
-            except (OSError, http.client.HTTPException) as exc:
-                self._close_poll()
-                stale = isinstance(
-                    exc, http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError
-                )
-                if reused and stale and attempt == 1:
-                    continue
-                raise BotApiUnavailable(
-                    method,
-                    f"{method}: cannot reach the Bot API at {self.base_url} "
-                    f"({type(exc).__name__}: {redact(str(exc))[:200]})",
-                ) from None
-            if response.will_close:
-                self._close_poll()
-            return response.status, content
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _close_poll(self) -> None:
-        connection, self._poll_connection = self._poll_connection, None
-        if connection is not None:
-            connection.close()
+            _GEVENT = bool(monkey.is_module_patched("socket"))
+        except ImportError:  # pragma: no cover - gevent is a runtime dependency
+            _GEVENT = False
+    return _GEVENT

@@ -13,8 +13,9 @@ One :class:`Sender` per worker process, shared by all its greenlets. For each Bo
 Several messages (the parts of a long text) reserve consecutive slots at once, so they leave in
 order and nobody else's message to that chat gets between them.
 
-The HTTP layer is :mod:`telegram_gateway.outbound_http` (a lean keep-alive client that tells
-"never reached the Bot API" apart from "may have been sent").
+The HTTP is :class:`telegram_gateway.botapi.BotApi`, the gateway's one Bot API client (shared
+with the pollers and the health probe), which tells "never reached the Bot API" apart from
+"may have been sent".
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from telegram_gateway import metrics
+from telegram_gateway.botapi import BotApi, Reply
 from telegram_gateway.config import BotConfig, Settings
 from telegram_gateway.errors import (
     BotApiError,
@@ -36,7 +38,6 @@ from telegram_gateway.errors import (
 )
 from telegram_gateway.health import Check
 from telegram_gateway.outbound import Upload
-from telegram_gateway.outbound_http import BotApiTransport, Reply
 from telegram_gateway.pacing import PRIVATE_INTERVAL, Chat, Pacer
 from telegram_gateway.redact import redact
 
@@ -103,11 +104,11 @@ class Sender:
     def __init__(
         self,
         settings: Settings,
-        transport: BotApiTransport | None = None,
+        api: BotApi,
         pacer: Pacer | None = None,
     ) -> None:
         self.settings = settings
-        self.transport = transport or BotApiTransport(settings.telegram_api_url)
+        self.api = api
         self.pacer = pacer or Pacer(
             settings.state_dir / "pacing", settings.send_max_wait, settings.send_pacing
         )
@@ -119,7 +120,6 @@ class Sender:
 
     def stop(self) -> None:
         self.pacer.close()
-        self.transport.close()
 
     def checks(self) -> dict[str, Check]:
         return {}
@@ -219,9 +219,7 @@ class Sender:
                 upload.stream.seek(0)
             began = time.perf_counter()
             try:
-                reply = self.transport.call(
-                    bot.token, method, params, upload, self.settings.send_timeout
-                )
+                reply = self.api.post(bot.token, method, params, upload, self.settings.send_timeout)
             except BotApiError as exc:
                 status = "timeout" if isinstance(exc, BotApiTimeout) else "unavailable"
                 metrics.SENDS.labels(label, method, status).inc()

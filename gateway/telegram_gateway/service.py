@@ -1,9 +1,10 @@
 """The gateway's moving parts, wired together once per worker process.
 
-``Gateway`` owns the settings, the NATS bus, one Bot API client per bot, and the background
-components (Bot API probe, pollers, sender, ...). ``create_app`` builds it; gunicorn's
-``post_worker_init`` hook starts it and ``worker_exit`` stops it, so nothing runs at import
-time and tests can build one without any process around it.
+``Gateway`` owns the settings, the NATS bus, the Bot API client (one connection pool, one
+:class:`BotApiClient` view per bot) and the background components (Bot API probe, pollers,
+sender, ...). ``create_app`` builds it; gunicorn's ``post_worker_init`` hook starts it and
+``worker_exit`` stops it, so nothing runs at import time and tests can build one without any
+process around it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from typing import Any
 
 from telegram_gateway import SERVICE_NAME, metrics
-from telegram_gateway.botapi import BotApiClient
+from telegram_gateway.botapi import BotApi, BotApiClient
 from telegram_gateway.bus import Bus
 from telegram_gateway.config import Settings
 from telegram_gateway.health import BotApiProbe, Check, Component
@@ -29,8 +30,9 @@ class Gateway:
     def __init__(self, settings: Settings, bus: Bus | None = None) -> None:
         self.settings = settings
         self.bus = bus or Bus(settings)
+        self.botapi = BotApi(settings.telegram_api_url)
         self.clients: dict[int, BotApiClient] = {
-            bot.bot_id: BotApiClient(settings.telegram_api_url, bot, settings.botapi_timeout)
+            bot.bot_id: BotApiClient(self.botapi, bot, settings.botapi_timeout)
             for bot in settings.bots
         }
         self.probe = BotApiProbe(
@@ -50,7 +52,7 @@ class Gateway:
         for poller in self.pollers.values():
             self.add(poller)
         # outbound: one sender per worker behind POST /send and telegram.out.<bot>.<method>
-        self.sender = Sender(settings)
+        self.sender = Sender(settings, self.botapi)
         self.idempotency = IdempotencyStore(
             settings.state_dir / "idempotency.sqlite3", settings.idempotency_ttl
         )
@@ -88,6 +90,7 @@ class Gateway:
                 component.stop()
             except Exception:
                 logger.exception("stopping %s failed", type(component).__name__)
+        self.botapi.close()
         self.bus.stop()
 
     def checks(self) -> dict[str, Check]:

@@ -1,4 +1,4 @@
-"""getUpdates on the poller's own connection: raw update bytes, errors, keep-alive."""
+"""getUpdates through the Bot API client: raw update bytes, errors, keep-alive."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from harness.tokens import fake_token
-from telegram_gateway import botapi
-from telegram_gateway.botapi import BotApiClient, split_result_array
+from telegram_gateway.botapi import BotApi, BotApiClient, split_result_array
 from telegram_gateway.config import BotConfig
 from telegram_gateway.errors import BotApiTimeout, BotApiUnavailable, TelegramError
 
@@ -45,11 +44,16 @@ class Script:
     def __init__(self) -> None:
         self.answers: list[Any] = []
         self.requests: list[tuple[str, str]] = []
+        self.connections = 0
 
 
 def make_handler(script: Script) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            script.connections += 1
+            super().setup()
 
         def do_POST(self):
             length = int(self.headers.get("Content-Length", 0))
@@ -80,20 +84,16 @@ class QuietServer(http.server.ThreadingHTTPServer):
 
 
 @pytest.fixture
-def served(monkeypatch):
+def served():
     script = Script()
     httpd = QuietServer(("127.0.0.1", 0), make_handler(script))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    monkeypatch.setattr(botapi, "_configured_url", None)
-    for name in ("API_URL", "FILE_URL", "session"):
-        monkeypatch.setattr(botapi.apihelper, name, getattr(botapi.apihelper, name))
     token = fake_token(555)
-    client = BotApiClient(
-        f"http://127.0.0.1:{httpd.server_address[1]}", BotConfig(555, token), timeout=2
-    )
+    api = BotApi(f"http://127.0.0.1:{httpd.server_address[1]}")
+    client = BotApiClient(api, BotConfig(555, token), timeout=2)
     yield script, client, token
-    client._close_poll()
+    api.close()
     httpd.shutdown()
     httpd.server_close()
 
@@ -107,9 +107,13 @@ def test_raw_updates_params_and_keep_alive(served):
     assert client.get_updates_raw(8, 50, 0) == []
     (path, first), (_, second) = script.requests
     assert path == f"/bot{token}/getUpdates"
-    assert "allowed_updates=%5B%22message%22%2C%22chat_member%22%5D" in first
-    assert "offset=8" in second and "limit=50" in second
-    assert client._poll_connection is not None  # kept alive
+    assert json.loads(first) == {
+        "limit": 100,
+        "timeout": 0,
+        "allowed_updates": ["message", "chat_member"],
+    }
+    assert json.loads(second) == {"limit": 50, "timeout": 0, "offset": 8}
+    assert script.connections == 1  # kept alive
 
 
 def test_errors_are_typed_and_a_stale_connection_is_replaced(served):
@@ -120,7 +124,7 @@ def test_errors_are_typed_and_a_stale_connection_is_replaced(served):
         client.get_updates_raw(None, 100, 0)
     assert info.value.error_code == 409
     script.answers = [(502, b"<html>bad gateway</html>")]
-    with pytest.raises(BotApiUnavailable, match="HTTP 502 without a JSON body"):
+    with pytest.raises(BotApiUnavailable, match="HTTP 502 without a Bot API envelope"):
         client.get_updates_raw(None, 100, 0)
     # the server drops a kept-alive connection: one retry on a fresh one
     client.get_updates_raw(None, 100, 0)

@@ -8,7 +8,9 @@ import secrets
 import time
 
 import pytest
-from outbound_fixtures import BOT, PRIVATE, OutboundStack, wait_for
+from outbound_fixtures import BOT, PRIVATE, OutboundStack
+
+from harness.procs import wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -42,20 +44,26 @@ def timed_send(out: OutboundStack, body: dict, **kwargs) -> tuple[int, dict, dic
     return status, answer, headers, time.monotonic() - started
 
 
-def wait_api_up(out: OutboundStack) -> None:
-    def up() -> bool:
-        try:
-            status, _, _ = out.emulator.call(out.tokens[BOT], "getMe", timeout=2)
-        except OSError:
-            return False
-        return status == 200
+def api_up(out: OutboundStack) -> bool:
+    try:
+        status, _, _ = out.emulator.call(out.tokens[BOT], "getMe", timeout=2)
+    except OSError:
+        return False
+    return status == 200
 
-    wait_for(up, 15, "the Bot API to come back")
+
+def wait_api_up(out: OutboundStack) -> None:
+    wait_until(lambda: api_up(out), 15, "the Bot API to come back")
+
+
+def sendmessage_calls(out: OutboundStack) -> int:
+    """sendMessage requests the emulator has received (counted on arrival, before a delay)."""
+    return int(out.emulator.stats()["calls"].get("sendMessage", 0))
 
 
 def test_bot_api_down_is_502_and_nothing_is_remembered(out):
     out.emulator.fault("down", duration=2.0)
-    time.sleep(0.2)
+    wait_until(lambda: not api_up(out), 2, "the Bot API to refuse connections")
     key = "down-" + secrets.token_hex(4)
     body = {"bot": BOT, "chat_id": PRIVATE[0], "text": "while down"}
     status, answer, _, took = timed_send(out, body, key=key)
@@ -74,12 +82,14 @@ def test_bot_api_down_is_502_and_nothing_is_remembered(out):
 
 def test_slow_bot_api_is_504_within_the_bound_and_workers_stay_responsive(out):
     out.emulator.fault("delay", delay=6.0, methods=["sendMessage"])
+    before = sendmessage_calls(out)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         slow = [
             pool.submit(timed_send, out, {"bot": BOT, "chat_id": PRIVATE[10 + i], "text": "slow"})
             for i in range(6)
         ]
-        time.sleep(0.3)
+        # every slow send is waiting on the Bot API now
+        wait_until(lambda: sendmessage_calls(out) >= before + 6, 5, "six sends in flight")
         healthz_started = time.monotonic()
         status, _ = out.gateway.get("/healthz", timeout=5)
         assert time.monotonic() - healthz_started < 0.5  # the hub is not blocked
