@@ -66,8 +66,10 @@ class EmulatorProcess:
         env: Mapping[str, str] | None = None,
         verbosity: int = 3,
         stat_port: bool = False,
+        program: Iterable[str] = EMULATOR_COMMAND,
     ) -> None:
         self.dir = Path(state_dir)
+        self.program = list(program)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.temp_dir = self.dir / "temp"
         self.local = local
@@ -103,7 +105,7 @@ class EmulatorProcess:
     # life cycle ---------------------------------------------------------------------
     def command(self) -> list[str]:
         cmd = [
-            *EMULATOR_COMMAND,
+            *self.program,
             f"--http-port={self.port}",
             "--http-ip-address=127.0.0.1",
             f"--control-port={self.control_port}",
