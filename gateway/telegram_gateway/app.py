@@ -18,10 +18,14 @@ from telegram_gateway.web import health
 from telegram_gateway.web import metrics as metrics_web
 from telegram_gateway.web import openapi as openapi_web
 from telegram_gateway.web import send as send_web
+from telegram_gateway.web.connection import close_after_answer
+from telegram_gateway.web.uploads import UploadSpool
 
 logger = logging.getLogger(__name__)
 
 EXTENSION = "telegram_gateway"
+# answers after which the rest of the request body is not read: the connection is closed
+CLOSE_AFTER = (400, 408, 411, 413)
 
 
 def create_app(
@@ -44,6 +48,9 @@ def create_app(
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = gateway
+    app.extensions[send_web.UPLOADS] = UploadSpool(
+        settings.state_dir / "uploads", settings.upload_concurrency, settings.upload_max_bytes
+    )
     app.register_blueprint(health.blueprint)
     app.register_blueprint(metrics_web.blueprint)
     app.register_blueprint(send_web.blueprint)
@@ -61,6 +68,8 @@ def _register_error_handlers(app: Flask) -> None:
     def http_error(exc: HTTPException) -> Any:
         response = jsonify(ok=False, error=exc.description or exc.name)
         response.status_code = exc.code or 500
+        if response.status_code in CLOSE_AFTER:
+            close_after_answer()
         return response
 
     @app.errorhandler(Exception)

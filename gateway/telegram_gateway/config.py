@@ -65,6 +65,8 @@ class Settings:
     send_max_wait: float
     send_pacing: bool
     idempotency_ttl: float
+    upload_concurrency: int = 4
+    upload_max_bytes: int = 4 * 1024**3
 
     def bot(self, ref: str | int | None) -> BotConfig | None:
         """The bot named by id or configured name; the only bot when ``ref`` is None."""
@@ -377,6 +379,20 @@ SETTINGS: tuple[Setting, ...] = (
         _number(1, 30 * 86400),
         "86400",
         "how long an Idempotency-Key is remembered, seconds",
+    ),
+    Setting(
+        "GATEWAY_UPLOAD_CONCURRENCY",
+        "upload_concurrency",
+        _integer(1, 1024),
+        "4",
+        "multipart uploads on /send at once, all workers together (more: 503)",
+    ),
+    Setting(
+        "GATEWAY_UPLOAD_MAX_BYTES",
+        "upload_max_bytes",
+        _integer(1024**2, 1024**5),
+        str(4 * 1024**3),
+        "bytes that uploads in progress may take in <GATEWAY_STATE_DIR>/uploads (>= 1 MiB)",
     ),
 )
 

@@ -1,18 +1,19 @@
-"""The gateway's HTTP server (telegram_gateway.http_worker): keep-alive, the idle bound,
-malformed requests -- on the wire, against gunicorn with the gateway's worker class."""
+"""The gateway's HTTP server -- gunicorn's stock gevent worker configured by
+gateway/gunicorn.conf.py -- on the wire: keep-alive, the idle bound, malformed and hostile
+requests, the request head's size, bodies that stall or are refused, the access log."""
 
 from __future__ import annotations
 
-import io
 import json
-import socket
 import time
+from contextlib import suppress
 
 import pytest
 from outbound_fixtures import BOT, PRIVATE, OutboundStack
+from raw_http import connect, exchange, is_closed, read_response, seconds_until_closed
 
 from harness.procs import wait_until
-from telegram_gateway.http_worker import MAX_HEADER_LINE, RequestHeaders
+from telegram_gateway.web.request_body import BODY_STALL_TIMEOUT
 
 pytestmark = pytest.mark.integration
 
@@ -27,31 +28,8 @@ def stack(tmp_path_factory):
         yield running
 
 
-def connect(stack: OutboundStack) -> socket.socket:
-    assert stack.gateway is not None
-    sock = socket.create_connection(("127.0.0.1", stack.gateway.port), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before a complete answer: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed in the middle of a body"
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
+def port(stack: OutboundStack) -> int:
+    return stack.gateway.port
 
 
 def send_request(stack: OutboundStack, index: int) -> bytes:
@@ -63,24 +41,29 @@ def send_request(stack: OutboundStack, index: int) -> bytes:
     ).encode()
 
 
-def is_closed(sock: socket.socket, within: float) -> bool:
-    """True when the server closes the connection (EOF) within ``within`` seconds."""
-    sock.settimeout(within)
-    try:
-        return sock.recv(1) == b""
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        return True
+def post_head(stack: OutboundStack | None, framing: str) -> bytes:
+    """The head of a ``POST /send`` (with the API token unless ``stack`` is None)."""
+    auth = f"Authorization: Bearer {stack.api_token}\r\n" if stack is not None else ""
+    return (
+        f"POST /send HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n{auth}"
+        f"{framing}\r\n\r\n"
+    ).encode()
 
 
+def assert_still_serving(stack: OutboundStack) -> None:
+    status, _, body = exchange(port(stack), b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+    assert status in (200, 503) and json.loads(body)["service"] == "telegram-gateway"
+
+
+# ---- keep-alive and the idle bound -----------------------------------------------------------
 def test_several_requests_on_one_keep_alive_connection(stack):
-    with connect(stack) as sock:
+    with connect(port(stack)) as sock:
         for index in range(3):
             sock.sendall(send_request(stack, index))
             status, headers, body = read_response(sock)
             assert status == 200, body
             assert headers["content-type"] == "application/json"
+            assert headers["connection"] == "keep-alive"
             assert json.loads(body)["result"][0]["text"] == f"keep-alive {index}"
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
         status, _, body = read_response(sock)
@@ -93,90 +76,230 @@ def test_a_chunked_request_body_is_read_whole(stack):
         f"{len(body[i : i + 7]):x}\r\n".encode() + body[i : i + 7] + b"\r\n"
         for i in range(0, len(body), 7)
     )
-    with connect(stack) as sock:
-        sock.sendall(
-            b"POST /send HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {stack.api_token}\r\n".encode()
-            + b"Transfer-Encoding: chunked\r\n\r\n"
-            + chunks
-            + b"0\r\n\r\n"
-        )
+    with connect(port(stack)) as sock:
+        sock.sendall(post_head(stack, "Transfer-Encoding: chunked") + chunks + b"0\r\n\r\n")
         status, _, answer = read_response(sock)
     assert status == 200, answer
     assert json.loads(answer)["result"][0]["text"] == "sent in chunks"
 
 
 def test_an_idle_connection_is_closed_after_the_keepalive_bound(stack):
-    with connect(stack) as sock:
+    with connect(port(stack)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
         read_response(sock)
-        began = time.monotonic()
-        assert is_closed(sock, KEEPALIVE + 5), "the idle connection stayed open"
-        assert KEEPALIVE - 0.2 <= time.monotonic() - began <= KEEPALIVE + 2
+        took = seconds_until_closed(sock, KEEPALIVE + 5)
+        assert took is not None, "the idle connection stayed open"
+        assert KEEPALIVE - 0.2 <= took <= KEEPALIVE + 2
 
 
 def test_a_connection_that_never_sends_a_request_is_closed_too(stack):
-    with connect(stack) as sock:
+    with connect(port(stack)) as sock:
         assert is_closed(sock, KEEPALIVE + 5)
+
+
+def test_a_connection_that_stops_in_the_middle_of_a_request_head_is_closed(stack):
+    with connect(port(stack)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Half: ")
+        took = seconds_until_closed(sock, KEEPALIVE + 5)
+        assert took is not None and took <= KEEPALIVE + 2
 
 
 def test_a_connection_in_use_is_not_cut_by_the_bound(stack):
     """Requests spaced just under the bound keep the connection; a slow request body is not
-    subject to it."""
-    with connect(stack) as sock:
+    subject to it (it has its own, longer bound)."""
+    with connect(port(stack)) as sock:
         for _ in range(3):
-            time.sleep(KEEPALIVE * 0.6)
+            time.sleep(KEEPALIVE * 0.6)  # the pause under test, not a wait for a state
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
             status, _, _ = read_response(sock)
             assert status in (200, 503)
         request = send_request(stack, 5)
         head, _, body = request.partition(b"\r\n\r\n")
         sock.sendall(head + b"\r\n\r\n" + body[:10])
-        time.sleep(KEEPALIVE * 1.5)
+        time.sleep(KEEPALIVE * 1.5)  # the pause under test
         sock.sendall(body[10:])
         status, _, answer = read_response(sock)
         assert status == 200, answer
 
 
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b"NONSENSE\r\n\r\n",
-        b"POST /send HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
-        b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
-        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\n folded: line\r\n\r\n",
-        b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n",
-        b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
-        b"GET /healthz HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n",
-    ],
-    ids=[
-        "no-request-line",
-        "negative-length",
-        "bad-length",
-        "too-long-line",
-        "folded-header",
-        "no-colon",
-        "conflicting-lengths",
-        "too-many-headers",
-    ],
-)
-def test_malformed_http_gets_a_4xx_and_the_worker_keeps_serving(stack, raw):
-    with connect(stack) as sock:
-        sock.sendall(raw)
-        status, _, _ = read_response(sock)
+# ---- malformed and hostile requests ----------------------------------------------------------
+MALFORMED = {
+    "no-request-line": b"NONSENSE\r\n\r\n",
+    "http-0.9": b"GET /healthz\r\n\r\n",
+    "negative-length": b"POST /send HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+    "bad-length": b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+    "plus-length": b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n{}   ",
+    "underscore-length": (
+        b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: 1_0\r\n\r\n" + b"{}" * 5
+    ),
+    "conflicting-lengths": (
+        b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
+    ),
+    "length-and-chunked": (
+        b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n0\r\n\r\n"
+    ),
+    "gzip-chunked": (
+        b"POST /send HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "identity-chunked": (
+        b"POST /send HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "two-te-headers": (
+        b"POST /send HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "chunked-twice": (
+        b"POST /send HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "chunked-http-1.0": (
+        b"POST /send HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "cr-in-value": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: one\rtwo\r\n\r\n",
+    "nul-in-value": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: one\x00two\r\n\r\n",
+    "bare-lf": b"GET /healthz HTTP/1.1\nHost: x\n\n",
+    "too-long-line": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
+    "folded-header": b"GET /healthz HTTP/1.1\r\nHost: x\r\n folded: line\r\n\r\n",
+    "no-colon": b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n",
+    "space-before-colon": b"GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n",
+    "name-not-a-token": b"GET /healthz HTTP/1.1\r\nBad Name: x\r\n\r\n",
+    "too-many-headers": b"GET /healthz HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_http_gets_a_4xx_the_connection_closes_and_the_worker_keeps_serving(stack, raw):
+    with connect(port(stack)) as sock:
+        sock.sendall(raw + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # never answered
+        status, headers, _ = read_response(sock)
         assert 400 <= status < 500
-    assert stack.gateway is not None
-    status, _ = stack.gateway.get("/healthz")
+        assert headers.get("connection") == "close"
+        assert is_closed(sock, 5)
+    assert_still_serving(stack)
+
+
+def test_an_unknown_transfer_coding_is_501_and_the_connection_closes(stack):
+    """RFC 9112 6.1: a transfer coding the server does not understand is 501 (gunicorn's
+    answer; it never reads such a body)."""
+    with connect(port(stack)) as sock:
+        sock.sendall(b"POST /send HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo\r\n\r\nabc")
+        status, _, _ = read_response(sock)
+        assert status == 501
+        assert is_closed(sock, 5)
+    assert_still_serving(stack)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [b"zz\r\nabc\r\n0\r\n\r\n", b"-1\r\nx\r\n0\r\n\r\n", b"+3\r\nabc\r\n0\r\n\r\n"],
+    ids=["not-hex", "negative", "plus-sign"],
+)
+def test_an_invalid_chunk_size_is_400_and_the_connection_is_not_reused(stack, chunks):
+    with connect(port(stack)) as sock:
+        sock.sendall(
+            post_head(stack, "Transfer-Encoding: chunked")
+            + chunks
+            + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"  # must not be served on it
+        )
+        status, headers, body = read_response(sock)
+        assert status == 400, body
+        assert headers["connection"] == "close"
+        assert "malformed request body" in json.loads(body)["error"]
+        assert is_closed(sock, 5), "the connection was reused after a broken chunk"
+    assert_still_serving(stack)
+
+
+# ---- the request head is at most 64 KiB ------------------------------------------------------
+def test_a_large_head_within_the_limits_is_served(stack):
+    """A request line of 8,000 bytes and 50 header lines of 1,000 bytes: ~58 KB."""
+    head = (
+        b"GET /healthz?"
+        + b"a" * 8000
+        + b" HTTP/1.1\r\n"
+        + b"".join(f"X-{i:02d}: ".encode() + b"v" * 994 + b"\r\n" for i in range(50))
+    )
+    assert 57_000 < len(head) < 64 * 1024
+    status, _, _ = exchange(port(stack), head + b"\r\n")
     assert status in (200, 503)
 
 
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"GET /" + b"a" * 65 * 1024 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET /healthz HTTP/1.1\r\n" + b"X-A: " + b"b" * 65 * 1024 + b"\r\n\r\n", 431),
+        (b"GET /healthz HTTP/1.1\r\n" + (b"X-A: " + b"b" * 1000 + b"\r\n") * 66 + b"\r\n", 431),
+        (b"GET /healthz HTTP/1.1\r\n" + (b"X-A: " + b"b" * 1500 + b"\r\n") * 44 + b"\r\n", 431),
+    ],
+    ids=["request-line", "one-header-line", "many-lines", "long-lines"],
+)
+def test_a_head_over_64_kib_is_refused_whatever_its_shape(stack, head, expected):
+    assert len(head) > 64 * 1024
+    with connect(port(stack)) as sock:
+        with suppress(BrokenPipeError, ConnectionResetError):  # refused before all was sent
+            sock.sendall(head)
+        status, _, _ = read_response(sock)
+        assert status == expected
+        assert is_closed(sock, 5)
+    assert_still_serving(stack)
+
+
+# ---- bodies: refused unread, cut when they stall ---------------------------------------------
+def test_after_a_401_the_connection_closes_without_reading_the_body(stack):
+    with connect(port(stack)) as sock:
+        sock.sendall(post_head(None, "Content-Length: 1000000") + b'{"chat_id": 1')
+        status, headers, _ = read_response(sock)
+        assert status == 401
+        assert headers["connection"] == "close"
+        assert is_closed(sock, 2), "the gateway waited for a body it will not use"
+
+
+def test_after_a_413_the_connection_closes_without_reading_the_body(stack):
+    with connect(port(stack)) as sock:
+        sock.sendall(post_head(stack, f"Content-Length: {3 * 1024 * 1024}") + b'{"chat_id": 1')
+        status, headers, body = read_response(sock)
+        assert status == 413, body
+        assert headers["connection"] == "close"
+        assert is_closed(sock, 2), "the gateway waited for a body it will not use"
+    assert_still_serving(stack)
+
+
+def test_a_chunked_body_over_the_json_limit_is_cut_off_with_413(stack):
+    chunk = b"a" * 65536
+    with connect(port(stack)) as sock:
+        sock.sendall(post_head(stack, "Transfer-Encoding: chunked"))
+        try:
+            for _ in range(40):  # 2.5 MiB > 2 MiB
+                sock.sendall(b"10000\r\n" + chunk + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the gateway answered and closed: the answer is still readable
+        status, headers, body = read_response(sock)
+        assert status == 413, body
+        assert headers["connection"] == "close"
+        assert is_closed(sock, 5)
+
+
+def test_a_body_that_stalls_is_cut_off(stack):
+    with connect(port(stack)) as sock:
+        sock.sendall(post_head(stack, "Content-Length: 100") + b'{"chat_id": ')
+        began = time.monotonic()
+        sock.settimeout(BODY_STALL_TIMEOUT + 10)
+        status, headers, body = read_response(sock)
+        took = time.monotonic() - began
+        assert status == 408, body
+        assert BODY_STALL_TIMEOUT - 0.5 <= took <= BODY_STALL_TIMEOUT + 5
+        assert headers["connection"] == "close"
+        assert is_closed(sock, 5)
+    assert_still_serving(stack)
+
+
+# ---- the access log --------------------------------------------------------------------------
 def test_gunicorns_access_log_works_when_an_operator_turns_it_on(tmp_path):
-    """Off by default (nothing computed for it); ``--access-logfile`` still writes lines."""
+    """Off by default; ``--access-logfile`` writes lines, never a token."""
     with OutboundStack(
         tmp_path, workers=1, GUNICORN_CMD_ARGS="--access-logfile - --keep-alive 1"
     ) as logged:
-        assert logged.gateway is not None
         status, _ = logged.gateway.get("/healthz?probe=access")
         assert status in (200, 503)
         status, _, _ = logged.send({"bot": BOT, "chat_id": PRIVATE[70], "text": "logged"})
@@ -188,65 +311,3 @@ def test_gunicorns_access_log_works_when_an_operator_turns_it_on(tmp_path):
     assert '"GET /healthz?probe=access HTTP/1.1" ' in log
     assert '"POST /send HTTP/1.1" 200' in log
     assert logged.api_token not in log
-
-
-# ---- the header reader on its own ------------------------------------------------------------
-def headers_of(raw: bytes) -> tuple[RequestHeaders, bytes]:
-    stream = io.BytesIO(raw)
-    return RequestHeaders(stream, 0), stream.read()
-
-
-@pytest.mark.unit
-def test_headers_are_read_up_to_the_blank_line_and_looked_up_without_case():
-    headers, rest = headers_of(
-        b"Host: gw\r\nContent-Type: application/json\r\nX-Twice: 1\r\n"
-        b"x-twice: 2\r\nAuthorization:  Bearer  abc \r\n\r\n{body}"
-    )
-    assert headers.status == ""
-    assert rest == b"{body}"
-    assert headers.get("HOST") == "gw" and headers.getheader("host") == "gw"
-    assert headers.typeheader == "application/json"
-    assert headers.get("x-twice") == "1" and headers.get_all("X-Twice") == ["1", "2"]
-    assert headers.get("Authorization") == "Bearer  abc"
-    assert headers.get("missing", "default") == "default"
-    assert "content-type" in headers and "nope" not in headers
-    del headers["X-TWICE"]
-    assert "x-twice" not in headers
-    assert list(headers.headers) == [
-        "Host: gw\r\n",
-        "Content-Type: application/json\r\n",
-        "Authorization: Bearer  abc\r\n",
-    ]
-
-
-@pytest.mark.unit
-def test_the_same_content_length_twice_is_accepted():
-    headers, _ = headers_of(b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n")
-    assert headers.status == "" and headers.get("content-length") == "2"
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize(
-    ("raw", "status"),
-    [
-        (b"Host: x\r\n continued\r\n\r\n", "Malformed header line"),
-        (b"\tX: y\r\n\r\n", "Malformed header line"),
-        (b"Host x\r\n\r\n", "Malformed header line"),
-        (b"Host : x\r\n\r\n", "Malformed header line"),
-        (b": x\r\n\r\n", "Malformed header line"),
-        (b"Bad Name: x\r\n\r\n", "Malformed header line"),
-        (b"X-\xe9: x\r\n\r\n", "Malformed header line"),
-        (b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n", "Conflicting Content-Length"),
-        (b"X: " + b"a" * MAX_HEADER_LINE + b"\r\n\r\n", "Line too long"),
-        (b"X: a\r\n" * 101 + b"\r\n", "Too many headers"),
-    ],
-)
-def test_unacceptable_headers_are_named(raw, status):
-    headers, _ = headers_of(raw)
-    assert headers.status == status
-
-
-@pytest.mark.unit
-def test_headers_end_at_the_end_of_the_stream():
-    headers, _ = headers_of(b"Host: x\r\n")
-    assert headers.status == "" and headers.get("host") == "x"

@@ -15,7 +15,11 @@ field; see :mod:`telegram_gateway.outbound` for the fields. Answers:
   within GATEWAY_SEND_TIMEOUT; 503 when the Idempotency-Key store is unusable;
 * ``Idempotency-Key``: a retry gets the stored answer with ``Idempotent-Replayed: true``;
   409 while the first is still being sent (after waiting for it) or if it was interrupted,
-  422 when the key was used for a different request.
+  422 when the key was used for a different request;
+* the body: 413 when it is larger than the route allows, 408 when it stalls, 400 when it
+  cannot be read (:mod:`telegram_gateway.web.request_body`); an upload may be refused with
+  503 + ``Retry-After``, 411 or 413 (:mod:`telegram_gateway.web.uploads`). After any of these
+  and after a 401 the connection is closed without reading the rest of the body.
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ import hashlib
 import hmac
 import json
 import math
+from contextlib import ExitStack
 from typing import Any
 
 from flask import Blueprint, Request, Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import parse_form_data
 
 from telegram_gateway.config import Settings
 from telegram_gateway.errors import (
@@ -38,6 +45,9 @@ from telegram_gateway.errors import (
 from telegram_gateway.idempotency import Outcome, valid_key
 from telegram_gateway.outbound import MEDIA_METHODS, SendPlan, Upload, from_form, plan
 from telegram_gateway.sender import Delivery
+from telegram_gateway.web.connection import close_after_answer
+from telegram_gateway.web.request_body import reading_body
+from telegram_gateway.web.uploads import UploadRefused, UploadSpool
 
 blueprint = Blueprint("send", __name__)
 
@@ -46,6 +56,7 @@ UPLOAD_LIMIT = 2000 * 1024 * 1024  # bytes of a multipart body: the local Bot AP
 PASSED_THROUGH = (400, 403, 409)  # Telegram codes /send answers with unchanged
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
+UPLOADS = "telegram_gateway.uploads"  # app.extensions key of the UploadSpool
 
 
 @blueprint.post("/send")
@@ -58,15 +69,28 @@ def send() -> Response:
             {"ok": False, "error": "unauthorized: send Authorization: Bearer <GATEWAY_API_TOKEN>"},
         )
         response.headers["WWW-Authenticate"] = 'Bearer realm="telegram-gateway"'
+        close_after_answer()  # the body is never read
         return response
-    try:
-        key = request.headers.get(IDEMPOTENCY_HEADER)
-        if key is not None and not valid_key(key):
-            raise InvalidRequest(IDEMPOTENCY_HEADER, "must be 1-255 printable ASCII characters")
-        send_plan = _plan(request, settings)
-    except InvalidRequest as exc:
-        return _json(400, {"ok": False, "error": str(exc)})
+    with ExitStack() as request_scope:  # an upload's spool file lives until the answer
+        try:
+            key = request.headers.get(IDEMPOTENCY_HEADER)
+            if key is not None and not valid_key(key):
+                raise InvalidRequest(IDEMPOTENCY_HEADER, "must be 1-255 printable ASCII characters")
+            spool: UploadSpool = current_app.extensions[UPLOADS]
+            send_plan = _plan(request, settings, spool, request_scope)
+        except InvalidRequest as exc:
+            close_after_answer()  # the body may not have been read to its end
+            return _json(400, {"ok": False, "error": str(exc)})
+        except UploadRefused as exc:
+            close_after_answer()  # the body is never read
+            response = _json(exc.status, {"ok": False, "error": str(exc)})
+            if exc.retry_after is not None:
+                response.headers["Retry-After"] = str(exc.retry_after)
+            return response
+        return _answer(gateway, send_plan, key)
 
+
+def _answer(gateway: Any, send_plan: SendPlan, key: str | None) -> Response:
     def compute() -> Outcome:
         delivery = gateway.sender.send(
             send_plan.bot, send_plan.method, send_plan.parts, send_plan.upload
@@ -143,12 +167,16 @@ def outcome_of(delivery: Delivery) -> Outcome:
     return Outcome(status=status, body=body, headers=headers, store=delivery.final)
 
 
-def _plan(req: Request, settings: Settings) -> SendPlan:
+def _plan(req: Request, settings: Settings, spool: UploadSpool, scope: ExitStack) -> SendPlan:
     if req.mimetype == "multipart/form-data":
-        req.max_content_length = UPLOAD_LIMIT
-        return _multipart_plan(req, settings)
-    req.max_content_length = JSON_LIMIT
-    raw = req.get_data(cache=False)
+        return _multipart_plan(req, settings, spool, scope)
+    # werkzeug stops a chunked body at max_content_length without an error: one byte more
+    # tells a body that is too large from one that is just the limit
+    req.max_content_length = JSON_LIMIT + 1
+    with reading_body(req.environ):
+        raw = req.get_data(cache=False)
+    if len(raw) > JSON_LIMIT:
+        raise RequestEntityTooLarge(f"body: a JSON body is at most {JSON_LIMIT} bytes")
     if not raw.strip():
         raise InvalidRequest("body", "must be a JSON object")
     try:
@@ -158,12 +186,28 @@ def _plan(req: Request, settings: Settings) -> SendPlan:
     return plan(body, settings)
 
 
-def _multipart_plan(req: Request, settings: Settings) -> SendPlan:
-    try:
-        form = req.form
-        files = req.files
-    except ValueError:
-        raise InvalidRequest("body", "malformed multipart/form-data") from None
+def _multipart_plan(
+    req: Request, settings: Settings, spool: UploadSpool, scope: ExitStack
+) -> SendPlan:
+    if req.content_length is not None and req.content_length > UPLOAD_LIMIT:
+        raise RequestEntityTooLarge(
+            f"body: a multipart/form-data body is at most {UPLOAD_LIMIT} bytes "
+            "(the local Bot API's file limit)"
+        )
+    spool_file = scope.enter_context(spool.reserve(req.content_length))
+    with reading_body(req.environ):
+        try:
+            _, form, files = parse_form_data(
+                req.environ,
+                stream_factory=spool_file,
+                max_form_memory_size=JSON_LIMIT,
+                max_content_length=UPLOAD_LIMIT,
+                silent=False,
+            )
+        except InvalidRequest:
+            raise
+        except ValueError:
+            raise InvalidRequest("body", "malformed multipart/form-data") from None
     if len(files) > 1:
         raise InvalidRequest("body", "one file per message")
     upload: Upload | None = None
