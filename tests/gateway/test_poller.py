@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +23,6 @@ from telegram_gateway.poller import (
     POLLING,
     STOPPED,
     WAITING_FOR_NATS,
-    BotLock,
     Poller,
     PollerRecord,
     evaluate,
@@ -273,34 +270,6 @@ def test_one_poller_per_bot_and_takeover(make):
     api.add(5)
     wait_until(lambda: api.confirmed == 1010, 5, "second delivered")
     assert stored_ids(bus) == list(range(1000, 1010))
-
-
-def test_lock_is_exclusive_across_processes_and_freed_by_kill(tmp_path: Path):
-    path = tmp_path / "locks" / "1.lock"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl,os,sys,time; os.makedirs(sys.argv[1].rsplit('/',1)[0], exist_ok=True);"
-            "f=open(sys.argv[1],'w'); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True);"
-            "time.sleep(60)",
-            str(path),
-        ],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
-        lock = BotLock(path)
-        started = time.monotonic()
-        assert not lock.try_acquire()
-        assert time.monotonic() - started < 0.1  # never waits
-        holder.kill()
-        holder.wait(5)
-        assert lock.try_acquire() and lock.held
-        assert BotLock(path).try_acquire() is False  # a second descriptor in this process
-        lock.release()
-    finally:
-        holder.kill()
 
 
 def test_evaluate_names_each_failure():
