@@ -170,6 +170,7 @@ def assert_spool_empties(out: OutboundStack) -> None:
     wait_until(lambda: spooled(out) == [], 10, "the spool directory to be empty")
 
 
+@pytest.mark.integration
 def test_an_upload_is_spooled_under_the_state_directory_and_removed(out):
     held = HeldUpload(out, PRIVATE[80], MIB)
     try:
@@ -184,6 +185,7 @@ def test_an_upload_is_spooled_under_the_state_directory_and_removed(out):
     assert_spool_empties(out)
 
 
+@pytest.mark.integration
 def test_beyond_the_concurrency_an_upload_is_503_with_retry_after(out):
     holding = [HeldUpload(out, PRIVATE[81 + i], MIB // 2) for i in range(CONCURRENCY)]
     try:
@@ -211,6 +213,7 @@ def test_beyond_the_concurrency_an_upload_is_503_with_retry_after(out):
     assert status == 200, answer
 
 
+@pytest.mark.integration
 def test_beyond_the_total_on_disk_an_upload_is_503(out):
     held = HeldUpload(out, PRIVATE[86], 2 * MIB)
     try:
@@ -227,6 +230,7 @@ def test_beyond_the_total_on_disk_an_upload_is_503(out):
     assert_spool_empties(out)
 
 
+@pytest.mark.integration
 def test_an_upload_larger_than_the_total_is_413_unread(out):
     body, content_type = multipart(PRIVATE[88], os.urandom(4 * MIB))
     with connect(out.gateway.port) as sock:
@@ -239,6 +243,7 @@ def test_an_upload_larger_than_the_total_is_413_unread(out):
     assert spooled(out) == []
 
 
+@pytest.mark.integration
 def test_a_chunked_upload_is_411(out):
     body, content_type = multipart(PRIVATE[89], b"chunked")
     with connect(out.gateway.port) as sock:
@@ -255,6 +260,7 @@ def test_a_chunked_upload_is_411(out):
     assert spooled(out) == []
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("field", "content", "chat_index", "expected"),
     [
@@ -275,6 +281,7 @@ def test_the_spool_file_is_removed_when_the_upload_is_refused(
     assert_spool_empties(out)
 
 
+@pytest.mark.integration
 def test_the_spool_file_is_removed_when_the_client_goes_away(out):
     held = HeldUpload(out, PRIVATE[92], MIB, held=MIB // 2)
     wait_until(lambda: len(spooled(out)) == 1, 10, "the held upload")
