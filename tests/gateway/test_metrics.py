@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from harness.tokens import fake_token
-from telegram_gateway import botapi, metrics
+from telegram_gateway import metrics
 from telegram_gateway.app import create_app
 
 pytestmark = pytest.mark.unit
@@ -11,7 +11,6 @@ pytestmark = pytest.mark.unit
 
 def test_metrics_without_multiprocess_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    monkeypatch.setattr(botapi, "_configured_url", None)  # whatever an earlier test set
     metrics.UPDATES_PUBLISHED.labels("77", "message").inc(3)
     metrics.GETUPDATES_ERRORS.labels("77", "409").inc()
     metrics.PUBLISH_SECONDS.labels("77").observe(0.004)
