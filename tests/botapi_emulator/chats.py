@@ -46,8 +46,6 @@ class ChatState:
         if self.username:
             chat["username"] = self.username
         chat["type"] = self.type
-        if self.type == "group":
-            chat["all_members_are_administrators"] = True
         if self.is_forum:
             chat["is_forum"] = True
         return chat

@@ -198,10 +198,8 @@ class UpdateGenerator:
         old, new = ("left", "member") if joined else ("member", "left")
         if chat.type == "private":
             old, new = ("member", "kicked") if joined else ("kicked", "member")
-        old_member: dict[str, Any] = {"user": member, "status": old}
-        new_member: dict[str, Any] = {"user": member, "status": new}
-        if new == "kicked":
-            new_member["until_date"] = 0
+        old_member = _chat_member(member, old)
+        new_member = _chat_member(member, new)
         return {
             "chat": chat.to_chat(),
             "from": self._sender(chat),
@@ -244,3 +242,11 @@ class UpdateGenerator:
             target = payload.get("message") if "message" in payload else payload
             if isinstance(target, dict):
                 target["x_future_message_field"] = {"kind": "new", "values": [1, 2, 3]}
+
+
+def _chat_member(user: dict[str, Any], status: str) -> dict[str, Any]:
+    """A ChatMember; a banned one ("kicked") always says until when (0 = forever)."""
+    member: dict[str, Any] = {"user": user, "status": status}
+    if status == "kicked":
+        member["until_date"] = 0
+    return member

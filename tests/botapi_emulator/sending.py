@@ -183,7 +183,6 @@ def answer_callback_query(emu: Emulator, bot: BotState, params: Params) -> Handl
 def get_chat(emu: Emulator, bot: BotState, params: Params) -> Handled:
     chat = chat_param(emu, bot, params)
     info = chat.to_chat()
-    info.pop("all_members_are_administrators", None)
     info["accent_color_id"] = abs(chat.id) % 7
     info["max_reaction_count"] = 11
     info["accepted_gift_types"] = {
@@ -191,6 +190,7 @@ def get_chat(emu: Emulator, bot: BotState, params: Params) -> Handled:
         "limited_gifts": False,
         "unique_gifts": False,
         "premium_subscription": False,
+        "gifts_from_channels": False,
     }
     return ok_response(info)
 
