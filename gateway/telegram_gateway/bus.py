@@ -7,7 +7,7 @@ gunicorn it is a greenlet whose selector cooperates with the gevent hub; without
 (unit tests, scripts) it is a plain thread. Callers never touch the loop directly: they
 submit coroutines with ``asyncio.run_coroutine_threadsafe`` and wait on the returned
 ``concurrent.futures.Future`` -- its wait is a patched lock, so a waiting greenlet yields to
-the hub and never blocks it. Batches cross the bridge once (``publish_batch``), not per
+the hub and never blocks it. Batches cross the bridge once (``publish_each``), not per
 message.
 
 Incoming requests (``serve``) run their handler outside the loop: a new greenlet under gevent,
@@ -225,10 +225,6 @@ class Bus:
     def connected(self) -> bool:
         return self._connected
 
-    @property
-    def stream_ready(self) -> bool:
-        return self._stream_ready
-
     def status(self) -> dict[str, Any]:
         down_for = (
             None
@@ -245,17 +241,6 @@ class Bus:
         }
 
     # ---- publishing ------------------------------------------------------------------------
-    def publish_batch(self, messages: Sequence[Outgoing]) -> list[Ack]:
-        """Publish to JetStream and wait until every message is acknowledged (in order of
-        ``messages``). Raises :class:`BusUnavailable` / :class:`PublishFailed`; then some of
-        the batch may be stored, and publishing it again is safe (same ``Nats-Msg-Id``)."""
-        acks: list[Ack] = []
-        for result in self.publish_each(messages):
-            if isinstance(result, BusError):
-                raise result
-            acks.append(result)
-        return acks
-
     def publish_each(self, messages: Sequence[Outgoing]) -> list[Ack | BusError]:
         """Publish to JetStream, wait for the acknowledgements, and report per message (in
         order of ``messages``): its :class:`Ack`, or the :class:`BusError` that says why it
@@ -275,12 +260,6 @@ class Bus:
         if not self._connected:
             raise BusUnavailable("not connected to NATS")
         self.run(self._publish_core(messages), self.settings.publish_timeout)
-
-    def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
-        """A NATS request; returns the reply's payload."""
-        if not self._connected:
-            raise BusUnavailable("not connected to NATS")
-        return self.run(self._request(subject, payload, timeout), timeout + 1)
 
     # ---- serving ---------------------------------------------------------------------------
     def serve(self, subject: str, handler: Handler, queue: str | None = None) -> None:
@@ -484,16 +463,6 @@ class Bus:
             await self._nc.publish(
                 message.subject, message.payload, headers=message.headers or None
             )
-
-    async def _request(self, subject: str, payload: bytes, timeout: float) -> bytes:
-        assert self._nc is not None
-        try:
-            reply = await self._nc.request(subject, payload, timeout=timeout)
-        except nats.errors.NoRespondersError:
-            raise BusUnavailable(f"no service answers on {subject}") from None
-        except nats.errors.TimeoutError:
-            raise BusUnavailable(f"no reply on {subject} within {timeout:g} s") from None
-        return bytes(reply.data)
 
     async def _subscribe(self, subject: str, queue: str | None, handler: Handler) -> None:
         assert self._nc is not None

@@ -108,9 +108,6 @@ class Router:
                         found.append((route, subject))
         return found
 
-    def subjects_for(self, info: UpdateInfo) -> list[str]:
-        return [subject for _, subject in self.targets(info)]
-
 
 # ---- loading -------------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ def bus(server: NatsServer, tmp_path: Path):
     )
     the_bus = Bus(settings)
     the_bus.start()
-    wait_until(lambda: the_bus.connected and the_bus.stream_ready, 10, "bus connected")
+    wait_until(lambda: the_bus.connected and the_bus.status()["stream_ready"], 10, "bus connected")
     yield the_bus
     the_bus.stop()
 
@@ -71,7 +71,7 @@ def test_batch_acks_in_order_and_duplicates_flagged(bus: Bus, server: NatsServer
     results = bus.publish_each(messages(250))
     assert all(isinstance(r, Ack) and not r.duplicate for r in results)
     assert [r.seq for r in results] == list(range(1, 251))  # type: ignore[union-attr]
-    again = bus.publish_batch(messages(10, start=245))
+    again = bus.publish_each(messages(10, start=245))
     assert [a.duplicate for a in again] == [True] * 5 + [False] * 5
     assert asyncio.run(_stream(server.url)) == 255
     assert bus.publish_each([]) == []
@@ -91,5 +91,5 @@ def test_outage_raises_bus_unavailable_then_reconnects(bus: Bus, server: NatsSer
         bus.publish_each(messages(3))
     assert bus.status()["disconnected_for_s"] is not None
     server.start()
-    wait_until(lambda: bus.connected and bus.stream_ready, 15, "bus reconnects")
+    wait_until(lambda: bus.connected and bus.status()["stream_ready"], 15, "bus reconnects")
     assert all(isinstance(r, Ack) for r in bus.publish_each(messages(3)))
