@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -80,20 +79,8 @@ class NatsServer:
         ) as response:
             return bool(response.status == 200)
 
-    def varz(self) -> dict[str, object]:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.monitor_port}/varz", timeout=2
-        ) as response:
-            return dict(json.load(response))
-
     def stop(self) -> None:
         terminate(self.proc)
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
         self.proc = None
 
     def __enter__(self) -> NatsServer:
