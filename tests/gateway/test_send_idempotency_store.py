@@ -25,7 +25,7 @@ class Counter:
     def __call__(self) -> Outcome:
         with self.lock:
             self.calls += 1
-        time.sleep(self.delay)
+        time.sleep(self.delay)  # a slow Bot API call: a duration, not a wait
         return self.outcome
 
 
@@ -124,7 +124,7 @@ def _in_process(path: str, queue: multiprocessing.Queue) -> None:
 
     def compute() -> Outcome:
         calls.append(1)
-        time.sleep(0.2)
+        time.sleep(0.2)  # a slow Bot API call: a duration, not a wait
         return Outcome(200, {"ok": True})
 
     _, replayed = store.run("shared", "fp", compute, lease=10)
