@@ -208,13 +208,23 @@ def build() -> dict[str, Any]:
                         "409": _error(
                             "Idempotency-Key still in flight or interrupted; or Telegram's 409"
                         ),
-                        "413": _error("Body too large"),
+                        "408": _error("The request body stalled (no data for 10 s)"),
+                        "411": _error("A multipart/form-data body without Content-Length"),
+                        "413": _error(
+                            "Body too large (JSON: 2 MiB; an upload: 2000 MB or "
+                            "GATEWAY_UPLOAD_MAX_BYTES)"
+                        ),
                         "422": _error("Idempotency-Key already used for a different request"),
                         "429": _error(
                             "Telegram's limits: retry after Retry-After seconds", retry_after
                         ),
                         "502": _error("The Bot API is unreachable or failed"),
-                        "503": _error("The Idempotency-Key store is unusable"),
+                        "503": _error(
+                            "The Idempotency-Key store is unusable, or the gateway's uploads "
+                            "are at GATEWAY_UPLOAD_CONCURRENCY or GATEWAY_UPLOAD_MAX_BYTES "
+                            "(retry after Retry-After seconds)",
+                            retry_after,
+                        ),
                         "504": _error("The Bot API did not answer within GATEWAY_SEND_TIMEOUT"),
                     },
                 }
