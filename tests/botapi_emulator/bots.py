@@ -35,6 +35,7 @@ class BotState:
     chats: dict[int, ChatState] = field(default_factory=dict)
     sent: list[dict[str, Any]] = field(default_factory=list)
     callback_ids: set[str] = field(default_factory=set)
+    inline_ids: set[str] = field(default_factory=set)
     flood: FloodState = field(default_factory=FloodState)
     poller: asyncio.Future[str] | None = None
     logged_out: bool = False
@@ -128,6 +129,7 @@ class BotState:
         self.chats = {}
         self.sent = []
         self.callback_ids = set()
+        self.inline_ids = set()
         self.flood = FloodState()
         self.logged_out = False
 

@@ -33,6 +33,9 @@ class ChatState:
     last_message_id: int = 0
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)  # sent by the bot
     deleted: set[int] = field(default_factory=set)
+    pinned: set[int] = field(default_factory=set)
+    # users seen in this chat's injected updates (getChatMember): id -> User
+    members: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def to_chat(self) -> dict[str, Any]:
         """The Chat object as it appears inside a Message."""

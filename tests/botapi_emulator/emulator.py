@@ -144,10 +144,13 @@ class Emulator:
     def _observe(
         self, bot: BotState, update_type: str, payload: Any, touched: dict[int, ChatState]
     ) -> None:
-        """Learn chats, message ids and callback query ids from an injected update."""
+        """Learn chats, message ids, members, callback and inline query ids from an injected
+        update."""
         if not isinstance(payload, dict):
             return
         message = payload
+        if update_type == "inline_query" and isinstance(payload.get("id"), str):
+            bot.inline_ids.add(payload["id"])
         if update_type == "callback_query":
             if isinstance(payload.get("id"), str):
                 bot.callback_ids.add(payload["id"])
@@ -157,9 +160,14 @@ class Emulator:
             return
         self._observe_chat(bot, chat_obj, touched)
         chat = touched.get(chat_obj.get("id")) if isinstance(chat_obj, dict) else None
+        if chat is None:
+            return
         message_id = message.get("message_id")
-        if chat is not None and isinstance(message_id, int) and message_id > chat.last_message_id:
+        if isinstance(message_id, int) and message_id > chat.last_message_id:
             chat.last_message_id = message_id
+        sender = message.get("from")
+        if isinstance(sender, dict) and isinstance(sender.get("id"), int):
+            chat.members[sender["id"]] = sender
 
     def reset(self, bots: bool) -> None:
         """Forget updates, sent records, counters, faults, limits, chats, webhooks (bots)."""

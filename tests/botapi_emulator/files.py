@@ -22,7 +22,19 @@ if TYPE_CHECKING:
 
 
 FILE_ID_RE = re.compile(r"[A-Za-z0-9_-]{20,}")
-MEDIA_KINDS = ("photo", "document", "audio", "video", "voice", "animation")
+# the file kinds a message can carry -> the method that sends one
+MEDIA_METHODS = {
+    "photo": "sendPhoto",
+    "document": "sendDocument",
+    "audio": "sendAudio",
+    "video": "sendVideo",
+    "voice": "sendVoice",
+    "animation": "sendAnimation",
+    "video_note": "sendVideoNote",
+    "sticker": "sendSticker",
+}
+MEDIA_KINDS = tuple(MEDIA_METHODS)
+CAPTIONED_KINDS = ("photo", "document", "audio", "video", "voice", "animation")
 FILE_ID_PREFIX = {
     "photo": "AgAC",
     "document": "BQAC",
@@ -30,12 +42,15 @@ FILE_ID_PREFIX = {
     "video": "BAAC",
     "voice": "AwAC",
     "animation": "CgAC",
+    "video_note": "DQAC",
+    "sticker": "CAAC",
 }
 DEFAULT_MIME = {
     "audio": "audio/mpeg",
     "video": "video/mp4",
     "voice": "audio/ogg",
     "animation": "video/mp4",
+    "video_note": "video/mp4",
 }
 
 
@@ -162,6 +177,20 @@ def media_fields(emu: Emulator, kind: str, info: FileInfo, params: Params) -> di
     }
     if kind == "photo":
         return {"photo": photo_sizes(emu, info)}
+    if kind == "video_note":
+        length = p_int(params, "length", 240)
+        return {"video_note": {"length": length, "duration": p_int(params, "duration", 0), **base}}
+    if kind == "sticker":
+        sticker = {
+            "type": "regular",
+            "width": 512,
+            "height": 512,
+            "is_animated": (info.name or "").lower().endswith(".tgs"),
+            "is_video": (info.name or "").lower().endswith(".webm"),
+        }
+        if p_str(params, "emoji"):
+            sticker["emoji"] = p_str(params, "emoji")
+        return {"sticker": {**sticker, **base}}
     described: dict[str, Any] = {}
     if kind in ("audio", "video", "voice", "animation"):
         described["duration"] = p_int(params, "duration", 0)

@@ -42,14 +42,19 @@ class Limits:
                 raise ControlError(f"unknown limit {key!r}")
 
 
-def _window_wait(times: collections.deque[float], limit: float, window: float, now: float) -> float:
-    """Seconds until one more event fits ``limit`` events per sliding ``window``."""
+def _window_wait(
+    times: collections.deque[float], limit: float, window: float, now: float, needed: int = 1
+) -> float:
+    """Seconds until ``needed`` more events fit ``limit`` events per sliding ``window``."""
     while times and times[0] <= now - window:
         times.popleft()
     count = int(limit)
-    if count <= 0 or len(times) < count:
+    if count <= 0:
         return 0.0
-    return times[len(times) - count] + window - now
+    excess = len(times) + min(needed, count) - count
+    if excess <= 0:
+        return 0.0
+    return times[excess - 1] + window - now
 
 
 class FloodState:
@@ -60,10 +65,13 @@ class FloodState:
         self.private: dict[int, list[float]] = {}  # chat -> [tokens, time]
         self.groups: dict[int, collections.deque[float]] = {}
 
-    def wait(self, limits: Limits, chat: ChatState, now: float) -> float:
-        """0 when a message may go now, else the seconds to wait."""
+    def wait(self, limits: Limits, chat: ChatState, now: float, count: int = 1) -> float:
+        """0 when ``count`` messages (an album: one per item) may go now, else the seconds to
+        wait. A private chat's bucket needs one token; an album may take it below zero."""
         waits = [
-            _window_wait(self.bot_times, limits.per_bot_per_second, 1.0 - FLOOD_TOLERANCE, now)
+            _window_wait(
+                self.bot_times, limits.per_bot_per_second, 1.0 - FLOOD_TOLERANCE, now, count
+            )
         ]
         if chat.type == "private":
             rate = limits.private_chat_per_second
@@ -73,7 +81,9 @@ class FloodState:
                     waits.append((1.0 - tokens) / rate)
         else:
             times = self.groups.setdefault(chat.id, collections.deque())
-            waits.append(_window_wait(times, limits.group_per_minute, 60.0 - FLOOD_TOLERANCE, now))
+            waits.append(
+                _window_wait(times, limits.group_per_minute, 60.0 - FLOOD_TOLERANCE, now, count)
+            )
         return max(waits)
 
     def _tokens(self, limits: Limits, chat_id: int, now: float) -> float:
@@ -85,11 +95,11 @@ class FloodState:
         state[1] = now
         return state[0]
 
-    def commit(self, limits: Limits, chat: ChatState, now: float) -> None:
-        self.bot_times.append(now)
+    def commit(self, limits: Limits, chat: ChatState, now: float, count: int = 1) -> None:
+        self.bot_times.extend([now] * count)
         if chat.type == "private":
             if limits.private_chat_per_second > 0:
                 self._tokens(limits, chat.id, now)
-                self.private[chat.id][0] -= 1.0
+                self.private[chat.id][0] -= count
         else:
-            self.groups.setdefault(chat.id, collections.deque()).append(now)
+            self.groups.setdefault(chat.id, collections.deque()).extend([now] * count)

@@ -45,6 +45,13 @@ COPYABLE_FIELDS = (
     "video",
     "voice",
     "animation",
+    "video_note",
+    "sticker",
+    "location",
+    "venue",
+    "contact",
+    "poll",
+    "dice",
     "caption",
     "caption_entities",
     "show_caption_above_media",
@@ -140,15 +147,16 @@ def check_blocked(chat: ChatState) -> None:
     raise ApiError(403, description)
 
 
-def check_flood(emu: Emulator, bot: BotState, chat: ChatState) -> None:
+def check_flood(emu: Emulator, bot: BotState, chat: ChatState, count: int = 1) -> None:
+    """429 unless ``count`` messages may go into ``chat`` now; else they are counted."""
     limits = emu.limits
     if not limits.enabled:
         return
     now = time.monotonic()
-    wait = bot.flood.wait(limits, chat, now)
+    wait = bot.flood.wait(limits, chat, now, count)
     if wait > 0:
         raise flood_error(wait)
-    bot.flood.commit(limits, chat, now)
+    bot.flood.commit(limits, chat, now, count)
 
 
 def formatted(

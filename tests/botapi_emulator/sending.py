@@ -1,8 +1,10 @@
-"""Sending and changing messages: sendMessage, send<Media>, sendChatAction, editMessageText,
-deleteMessage, answerCallbackQuery, getChat, copyMessage, forwardMessage."""
+"""Sending messages: sendMessage, send<Media> (photo, document, audio, video, voice,
+animation, video note, sticker), sendMediaGroup, sendChatAction, copyMessage,
+forwardMessage."""
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING, Any
 
 from botapi_emulator.bots import BotState
@@ -10,13 +12,12 @@ from botapi_emulator.chats import ChatState
 from botapi_emulator.constants import (
     MAX_CAPTION_LENGTH,
     MAX_TEXT_LENGTH,
-    NOT_MODIFIED,
-    QUERY_INVALID,
 )
 from botapi_emulator.encoding import now_unix
 from botapi_emulator.errors import ApiError
-from botapi_emulator.files import input_file, media_fields
+from botapi_emulator.files import CAPTIONED_KINDS, MEDIA_METHODS, input_file, media_fields
 from botapi_emulator.formatting import auto_entities
+from botapi_emulator.input_media import album_items
 from botapi_emulator.messages import (
     COPYABLE_FIELDS,
     chat_param,
@@ -25,6 +26,7 @@ from botapi_emulator.messages import (
     common_fields,
     deliver,
     formatted,
+    new_message,
     record,
     reply_markup,
 )
@@ -78,11 +80,13 @@ def send_message(emu: Emulator, bot: BotState, params: Params) -> Handled:
 
 
 def send_media(emu: Emulator, bot: BotState, params: Params, kind: str) -> Handled:
-    method = f"send{kind.capitalize()}"
+    method = MEDIA_METHODS[kind]
     source = params.get(kind)
     if source is None or source == "":
         raise ApiError(400, f"Bad Request: there is no {kind} in the request")
-    caption, caption_entities = formatted(params, "caption", "caption_entities", None)
+    caption, caption_entities = "", []
+    if kind in CAPTIONED_KINDS:
+        caption, caption_entities = formatted(params, "caption", "caption_entities", None)
     markup = reply_markup(params)
     chat = chat_param(emu, bot, params)
     info = input_file(emu, params, kind, source)
@@ -114,85 +118,6 @@ def send_chat_action(emu: Emulator, bot: BotState, params: Params) -> Handled:
     check_blocked(chat)
     record(emu, bot, "sendChatAction", chat.id, params, True)
     return Response(200, OK_TRUE)
-
-
-def edit_message_text(emu: Emulator, bot: BotState, params: Params) -> Handled:
-    text, entities = formatted(params, "text", "entities", "Bad Request: message text is empty")
-    markup = reply_markup(params)
-    if p_str(params, "inline_message_id"):
-        raise ApiError(400, "Bad Request: MESSAGE_ID_INVALID")
-    chat = chat_param(emu, bot, params)
-    message_id = p_int(params, "message_id", 0)
-    if message_id <= 0:
-        raise ApiError(400, "Bad Request: message identifier is not specified")
-    if len(text) > MAX_TEXT_LENGTH:
-        raise ApiError(400, "Bad Request: message is too long")
-    old = chat.messages.get(message_id)
-    if old is None:
-        if chat.message_exists(message_id):
-            raise ApiError(400, "Bad Request: message can't be edited")
-        raise ApiError(400, "Bad Request: message to edit not found")
-    if "text" not in old:
-        raise ApiError(400, "Bad Request: there is no text in the message to edit")
-    entities = auto_entities(text, entities)
-    if (
-        old.get("text") == text
-        and old.get("entities", []) == entities
-        and old.get("reply_markup") == markup
-    ):
-        raise ApiError(400, NOT_MODIFIED)
-    check_blocked(chat)
-    check_flood(emu, bot, chat)
-    skip = ("text", "entities", "reply_markup", "edit_date")
-    new = {k: v for k, v in old.items() if k not in skip}
-    new["edit_date"] = now_unix()
-    new["text"] = text
-    if entities:
-        new["entities"] = entities
-    if markup:
-        new["reply_markup"] = markup
-    chat.messages[message_id] = new
-    record(emu, bot, "editMessageText", chat.id, params, new)
-    return ok_response(new)
-
-
-def delete_message(emu: Emulator, bot: BotState, params: Params) -> Handled:
-    chat = chat_param(emu, bot, params)
-    message_id = p_int(params, "message_id", 0)
-    if message_id <= 0:
-        raise ApiError(400, "Bad Request: message identifier is not specified")
-    if not chat.message_exists(message_id):
-        raise ApiError(400, "Bad Request: message to delete not found")
-    chat.deleted.add(message_id)
-    chat.messages.pop(message_id, None)
-    record(emu, bot, "deleteMessage", chat.id, params, True)
-    return Response(200, OK_TRUE)
-
-
-def answer_callback_query(emu: Emulator, bot: BotState, params: Params) -> Handled:
-    query_id = (p_str(params, "callback_query_id") or "").strip()
-    if query_id not in bot.callback_ids:
-        raise ApiError(400, QUERY_INVALID)
-    if len(p_str(params, "text") or "") > 200:
-        raise ApiError(400, "Bad Request: MESSAGE_TOO_LONG")
-    bot.callback_ids.discard(query_id)
-    record(emu, bot, "answerCallbackQuery", None, params, True)
-    return Response(200, OK_TRUE)
-
-
-def get_chat(emu: Emulator, bot: BotState, params: Params) -> Handled:
-    chat = chat_param(emu, bot, params)
-    info = chat.to_chat()
-    info["accent_color_id"] = abs(chat.id) % 7
-    info["max_reaction_count"] = 11
-    info["accepted_gift_types"] = {
-        "unlimited_gifts": False,
-        "limited_gifts": False,
-        "unique_gifts": False,
-        "premium_subscription": False,
-        "gifts_from_channels": False,
-    }
-    return ok_response(info)
 
 
 def copy_source(
@@ -247,3 +172,27 @@ def forward_message(emu: Emulator, bot: BotState, params: Params) -> Handled:
     fields: dict[str, Any] = {"forward_origin": origin}
     fields.update(content or {"text": ""})
     return ok_response(deliver(emu, bot, "forwardMessage", params, chat, fields))
+
+
+def send_media_group(emu: Emulator, bot: BotState, params: Params) -> Handled:
+    """An album: 1-10 messages sharing a media_group_id, counted as that many by flood
+    control (all or none go)."""
+    raw = p_str(params, "media")
+    if not raw:
+        raise ApiError(400, 'Bad Request: parameter "media" is required')
+    items = album_items(
+        emu, params, p_json(params, "media", "Bad Request: can't parse media JSON object")
+    )
+    chat = chat_param(emu, bot, params)
+    fields = common_fields(emu, bot, chat, params)
+    if p_bool(params, "protect_content"):
+        fields["has_protected_content"] = True
+    check_blocked(chat)
+    check_flood(emu, bot, chat, len(items))
+    group_id = str(random.getrandbits(63))
+    messages = [
+        new_message(emu, bot, chat, {**fields, "media_group_id": group_id, **item})
+        for item in items
+    ]
+    record(emu, bot, "sendMediaGroup", chat.id, params, messages)
+    return ok_response(messages)
