@@ -1,4 +1,7 @@
-"""Configuration files as the roles render them: nats-server.conf, environment files, routes."""
+"""Configuration files as the roles render them: nats-server.conf, environment files, routes.
+
+Integration tier: the files are rendered by ansible-playbook (the ``rendered`` fixture) and
+checked by nats-server itself."""
 
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def parse_environment_file(text: str) -> dict[str, str]:
     return values
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_nats_config_is_valid_for_nats_server(rendered: Rendered) -> None:
     for name in ("nats-server.conf", "nats-server-live.conf"):
         result = subprocess.run(
@@ -48,7 +51,7 @@ def test_nats_config_is_valid_for_nats_server(rendered: Rendered) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_nats_config_listens_on_loopback_with_jetstream(rendered: Rendered) -> None:
     conf = rendered.text("nats-server.conf")
     assert re.search(r'^host: "127\.0\.0\.1"$', conf, re.M)
@@ -57,7 +60,7 @@ def test_nats_config_listens_on_loopback_with_jetstream(rendered: Rendered) -> N
     assert re.search(r'store_dir: "/var/lib/nats"', conf)
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_nats_config_keeps_only_bcrypt_hashes(
     rendered: Rendered, fake_secrets: FakeSecrets
 ) -> None:
@@ -68,7 +71,7 @@ def test_nats_config_keeps_only_bcrypt_hashes(
     assert [user for user, _ in hashes] == ["telegram-gateway", "agents"]
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_nats_password_hashes_only_change_with_the_password(rendered: Rendered) -> None:
     """A second run keeps the hashes (0 changed); a new password gets a new hash."""
 
@@ -81,7 +84,7 @@ def test_nats_password_hashes_only_change_with_the_password(rendered: Rendered) 
     assert after["agents"] != before["agents"]
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_bot_api_environment_file(rendered: Rendered, fake_secrets: FakeSecrets) -> None:
     env = parse_environment_file(rendered.text("telegram-bot-api.env"))
     assert env == {
@@ -91,7 +94,7 @@ def test_bot_api_environment_file(rendered: Rendered, fake_secrets: FakeSecrets)
     }
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_gateway_environment_file(rendered: Rendered, fake_secrets: FakeSecrets) -> None:
     env = parse_environment_file(rendered.text("telegram-gateway.env"))
     assert env == {
@@ -108,11 +111,13 @@ def test_gateway_environment_file(rendered: Rendered, fake_secrets: FakeSecrets)
         "GATEWAY_WORKERS": "2",
         "GATEWAY_LOG_LEVEL": "INFO",
         "GATEWAY_ALLOWED_UPDATES": "all",
+        "GATEWAY_UPLOAD_CONCURRENCY": "4",
+        "GATEWAY_UPLOAD_MAX_BYTES": "4294967296",
         "GATEWAY_STREAM_MAX_AGE": "3600",
     }
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_gateway_environment_file_lists_the_allowed_updates(rendered: Rendered) -> None:
     """telegram_gateway_allowed_updates as a list of update types: GATEWAY_ALLOWED_UPDATES is
     that list, comma separated, and the gateway's settings read it back as those types."""
@@ -136,7 +141,7 @@ def test_gateway_role_knows_the_update_types_of_the_gateway() -> None:
     assert "GATEWAY_ALLOWED_UPDATES" in role_vars["_telegram_gateway_managed_env"]
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_gateway_environment_is_accepted_by_the_gateway_settings(
     rendered: Rendered, tmp_path: Path
 ) -> None:
@@ -153,7 +158,7 @@ def test_gateway_environment_is_accepted_by_the_gateway_settings(
         routing.load_routes(routes, settings.bots)
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_routes_file_is_the_routes_variable(rendered: Rendered) -> None:
     assert yaml.safe_load(rendered.text("routes.yml")) == {"routes": ROUTES}
 

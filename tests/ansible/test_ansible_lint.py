@@ -10,7 +10,8 @@ import yaml
 
 from conftest import ANSIBLE_DIR, REPO, ROLES, ROLES_DIR, ansible_env, load_yaml, run, tool
 
-pytestmark = pytest.mark.unit
+# unit: reads the files only; integration: runs a tool (yamllint, ansible-lint, ansible-playbook,
+# ansible-inventory)
 
 
 # the roles and playbook, and the Molecule scenario (its own files, linted the same way)
@@ -20,6 +21,7 @@ LINT_TARGETS = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("target", LINT_TARGETS)
 def test_yamllint_is_clean(target: str) -> None:
     paths = [p for p in LINT_TARGETS[target] if (REPO / p).exists()]
@@ -43,6 +45,7 @@ def ansible_lint() -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("target", LINT_TARGETS)
 def test_ansible_lint_production_profile_is_clean(
     ansible_lint: tuple[int, str], target: str
@@ -59,6 +62,7 @@ def test_ansible_lint_production_profile_is_clean(
         assert returncode == 0 or located, output[-2000:]
 
 
+@pytest.mark.integration
 def test_site_playbook_passes_syntax_check_with_the_example_inventory() -> None:
     result = run(
         [
@@ -75,6 +79,7 @@ def test_site_playbook_passes_syntax_check_with_the_example_inventory() -> None:
     assert "Unable to parse" not in output and "No inventory was parsed" not in output, output
 
 
+@pytest.mark.unit
 def test_site_playbook_applies_the_roles_in_dependency_order() -> None:
     plays = load_yaml(ANSIBLE_DIR / "site.yml")
     assert isinstance(plays, list) and len(plays) == 1
@@ -84,6 +89,7 @@ def test_site_playbook_applies_the_roles_in_dependency_order() -> None:
     assert [entry["role"] for entry in play["roles"]] == list(ROLES)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("role", ROLES)
 def test_argument_specs_document_exactly_the_defaults(role: str) -> None:
     defaults = load_yaml(ROLES_DIR / role / "defaults" / "main.yml")
@@ -100,6 +106,7 @@ def test_argument_specs_document_exactly_the_defaults(role: str) -> None:
         assert name.startswith(role + "_"), f"{name}: operator variables start with {role}_"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("role", ROLES)
 def test_role_layout_and_variable_naming(role: str) -> None:
     base = ROLES_DIR / role
@@ -125,6 +132,7 @@ def test_role_layout_and_variable_naming(role: str) -> None:
     assert all(name.startswith(f"__{role}_") for name in registered), sorted(registered)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("role", ROLES)
 def test_main_only_orchestrates_tagged_phases(role: str) -> None:
     tasks = load_yaml(ROLES_DIR / role / "tasks" / "main.yml")
@@ -138,6 +146,7 @@ def test_main_only_orchestrates_tagged_phases(role: str) -> None:
         assert set(task["tags"]) <= allowed, task["tags"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("role", ROLES)
 def test_every_command_declares_when_it_changes_something(role: str) -> None:
     for path in (ROLES_DIR / role / "tasks").glob("*.yml"):
@@ -148,6 +157,24 @@ def test_every_command_declares_when_it_changes_something(role: str) -> None:
                         "ansible.builtin.shell"
                     )
                     assert "changed_when" in inner or "creates" in args, (path, inner["name"])
+
+
+# what a `when:` that restates a file's wanted state looks like: a rendered template or file
+# hashed, a checksum, owner, group or mode compared, a find of what is installed
+FILE_STATE = re.compile(r"lookup\(|hash\(|checksum|\.mode\b|pw_name|gr_name|_installed\b")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("role", ROLES)
+def test_no_task_is_skipped_by_restating_a_files_state(role: str) -> None:
+    """template, copy, file and synchronize report their changes themselves: no condition
+    compares what a file should be with what it is (one changed mode would skip it forever)."""
+    for path in (ROLES_DIR / role / "tasks").glob("*.yml"):
+        for task in load_yaml(path) or []:
+            for inner in task.get("block", [task]):
+                when = json.dumps(inner.get("when", ""))
+                assert not FILE_STATE.search(when), (path.name, inner["name"], when)
+    assert not (ROLES_DIR / role / "library").exists(), f"{role}: no custom modules"
 
 
 # Variables an operator must set (the roles refuse to run without them) and the inventory
@@ -164,6 +191,7 @@ REQUIRED = {
 }
 
 
+@pytest.mark.integration
 def test_example_inventory_shows_every_required_variable_and_takes_secrets_from_the_vault() -> None:
     result = run([tool("ansible-inventory"), "-i", "inventory.example", "--list"])
     assert result.returncode == 0, result.stderr
@@ -192,11 +220,13 @@ def test_example_inventory_shows_every_required_variable_and_takes_secrets_from_
     assert host_vars["telegram_gateway_nats_password"] == host_vars["nats_server_gateway_password"]
 
 
+@pytest.mark.unit
 def test_ansible_cfg_points_at_the_roles() -> None:
     text = (ANSIBLE_DIR / "ansible.cfg").read_text()
     assert re.search(r"^roles_path\s*=\s*\./roles\s*$", text, re.M), text
 
 
+@pytest.mark.unit
 def test_readmes_follow_the_role_readme_format() -> None:
     for role in ROLES:
         text = (ROLES_DIR / role / "README.md").read_text()

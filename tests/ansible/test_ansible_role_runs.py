@@ -5,6 +5,9 @@ with systemd (the facts the preflight asserts), nothing is gathered or changed.
 - **Preflight** (``include_role`` with ``tasks_from: preflight.yml``): valid settings pass,
   every invalid one fails before any change with a message that names the variable to set,
   and a rejected secret is never shown.
+- **The emulator is not a server**: the Bot API emulator, packed as the zipapp the Molecule
+  scenario builds, is refused as telegram_bot_api_binary_src (a script) unless the test-only
+  telegram_bot_api_allow_script_binary says so.
 - **Check mode on a fresh host** (whole ``tasks/main.yml`` of nats_server and
   telegram_bot_api: preflight, install, configure, handlers, service): succeeds, reports the
   changes it would make, prints no secret and changes nothing on this machine. The
@@ -21,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import shutil
 import sys
 import tarfile
+import zipapp
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,7 @@ import yaml
 
 from conftest import REPO, ROLES_DIR, ansible_env, fake_bot_token, install_fake_facts, run, tool
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 PLAYBOOK = [
     {
@@ -98,6 +103,8 @@ def _valid(role: str) -> dict[str, Any]:
     }
 
 
+# replaced by the path of the emulator zipapp that the `runs` fixture builds
+EMULATOR_ZIPAPP = "<emulator zipapp>"
 BAD_TOKEN = f"{secrets.randbelow(10**9) + 1}:{secrets.token_urlsafe(8)}"  # secret too short
 HIDDEN_HASH = secrets.token_hex(15) + "zz"  # 32 characters, not hexadecimal
 
@@ -126,6 +133,19 @@ CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
             "telegram_bot_api_binary_src": "",
             "telegram_bot_api_binary_url": "https://artifacts.example.org/telegram-bot-api",
             "telegram_bot_api_binary_checksum": "sha256:" + "0" * 64,
+        },
+        None,
+    ),
+    "botapi_emulator_refused": (
+        "telegram_bot_api",
+        {"telegram_bot_api_binary_src": EMULATOR_ZIPAPP},
+        "telegram_bot_api_allow_script_binary",
+    ),
+    "botapi_emulator_allowed_in_tests": (
+        "telegram_bot_api",
+        {
+            "telegram_bot_api_binary_src": EMULATOR_ZIPAPP,
+            "telegram_bot_api_allow_script_binary": True,
         },
         None,
     ),
@@ -236,10 +256,26 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tool("nats-server"), arcname=f"{release}/nats-server")
     checksum = hashlib.sha256(archive.read_bytes()).hexdigest()
+    # the emulator as the Molecule scenario packs it (.ci/molecule)
+    staging = tmp / "zipapp"
+    shutil.copytree(
+        REPO / "tests" / "botapi_emulator",
+        staging / "botapi_emulator",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    emulator = tmp / "botapi-emulator.pyz"
+    zipapp.create_archive(
+        staging,
+        emulator,
+        interpreter="/usr/bin/env python3",
+        main="botapi_emulator.__main__:main",
+    )
 
     hosts: dict[str, dict[str, Any]] = {}
     for case, (role, changes, _) in CASES.items():
         hosts[case] = {"case_role": role, "case_tasks": "preflight.yml", **_valid(role), **changes}
+        if hosts[case].get("telegram_bot_api_binary_src") == EMULATOR_ZIPAPP:
+            hosts[case]["telegram_bot_api_binary_src"] = str(emulator)
     hosts["check_nats"] = {
         "case_role": "nats_server",
         "case_tasks": "main.yml",

@@ -11,18 +11,19 @@ import pytest
 
 from conftest import ROLES_DIR, SYSTEMD_DIR, FakeSecrets, Rendered
 
-pytestmark = pytest.mark.unit
+# integration: rendered by ansible-playbook (the `rendered` fixture), checked by systemd-analyze
 
 SERVICES = {
-    # unit: highest acceptable "Overall exposure level" of systemd-analyze security
+    # long-running service: highest acceptable "Overall exposure level" of systemd-analyze security
     "nats-server.service": 2.0,
     "telegram-bot-api.service": 3.0,
     "telegram-gateway.service": 2.0,
 }
+# every service unit the roles ship, with its bound (the oneshot restart helper included)
+EXPOSURE = {**SERVICES, "telegram-bot-api-restart.service": 2.0}
 ALL_UNITS = [
-    *SERVICES,
+    *EXPOSURE,
     "telegram-bot-api-stats.service",
-    "telegram-bot-api-restart.service",
     "telegram-bot-api-restart.timer",
 ]
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
@@ -87,6 +88,7 @@ def verifiable(rendered: Rendered, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("unit", ALL_UNITS)
 def test_unit_passes_systemd_analyze_verify(verifiable: Path, unit: str) -> None:
     result = analyze("verify", "--man=no", str(verifiable / unit))
@@ -101,7 +103,8 @@ def test_unit_passes_systemd_analyze_verify(verifiable: Path, unit: str) -> None
     assert result.returncode == 0, output
 
 
-@pytest.mark.parametrize(("unit", "bound"), SERVICES.items())
+@pytest.mark.integration
+@pytest.mark.parametrize(("unit", "bound"), EXPOSURE.items())
 def test_unit_exposure_is_within_its_bound(verifiable: Path, unit: str, bound: float) -> None:
     result = analyze("security", "--offline=yes", "--no-pager", str(verifiable / unit))
     output = result.stdout + result.stderr
@@ -112,6 +115,7 @@ def test_unit_exposure_is_within_its_bound(verifiable: Path, unit: str, bound: f
     assert exposure <= bound, output
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("unit", SERVICES)
 def test_unit_has_the_hardening_block(rendered: Rendered, unit: str) -> None:
     text = lines(rendered.text(unit))
@@ -128,12 +132,14 @@ def test_unit_has_the_hardening_block(rendered: Rendered, unit: str) -> None:
     )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("unit", ["nats-server.service", "telegram-gateway.service"])
 def test_services_without_egress_are_confined_to_localhost(rendered: Rendered, unit: str) -> None:
     text = lines(rendered.text(unit))
     assert "IPAddressDeny=any" in text and "IPAddressAllow=localhost" in text
 
 
+@pytest.mark.integration
 def test_bot_api_unit_runs_the_server_on_loopback_without_secrets(
     rendered: Rendered, fake_secrets: FakeSecrets
 ) -> None:
@@ -161,6 +167,7 @@ def test_bot_api_unit_runs_the_server_on_loopback_without_secrets(
         assert secret not in text
 
 
+@pytest.mark.integration
 def test_bot_api_statistics_page_when_enabled_is_loopback_only(rendered: Rendered) -> None:
     command = exec_start(rendered.text("telegram-bot-api-stats.service")).split()
     assert "--http-stat-port=8082" in command
@@ -168,6 +175,7 @@ def test_bot_api_statistics_page_when_enabled_is_loopback_only(rendered: Rendere
     assert "--proxy=http://127.0.0.1:3128" in command and "--filter=0/1" in command
 
 
+@pytest.mark.integration
 def test_scheduled_restart_timer_and_service(rendered: Rendered) -> None:
     timer = lines(rendered.text("telegram-bot-api-restart.timer"))
     assert "OnCalendar=Sun *-*-* 04:00:00" in timer
@@ -175,6 +183,20 @@ def test_scheduled_restart_timer_and_service(rendered: Rendered) -> None:
     assert exec_start(service) == "/bin/systemctl try-restart telegram-bot-api.service"
 
 
+@pytest.mark.integration
+def test_scheduled_restart_service_has_the_hardening_block(rendered: Rendered) -> None:
+    """The same block as the services, except what a oneshot that only talks to the service
+    manager over its AF_UNIX socket does without: no network at all, no Restart=."""
+    text = lines(rendered.text("telegram-bot-api-restart.service"))
+    expected = [
+        d for d in HARDENING if not d.startswith(("RestrictAddressFamilies=", "Restart="))
+    ] + ["RestrictAddressFamilies=AF_UNIX", "PrivateNetwork=yes", "IPAddressDeny=any"]
+    missing = [directive for directive in expected if directive not in text]
+    assert not missing, f"telegram-bot-api-restart.service lacks {missing}"
+    assert "Type=oneshot" in text
+
+
+@pytest.mark.integration
 def test_nats_unit_stops_in_lame_duck_mode_within_its_timeout(rendered: Rendered) -> None:
     text = lines(rendered.text("nats-server.service"))
     assert "KillSignal=SIGUSR2" in text
@@ -191,6 +213,7 @@ def test_nats_unit_stops_in_lame_duck_mode_within_its_timeout(rendered: Rendered
     assert "StateDirectory=nats" in text
 
 
+@pytest.mark.integration
 def test_gateway_unit_runs_gunicorn_from_opt(rendered: Rendered) -> None:
     text = lines(rendered.text("telegram-gateway.service"))
     assert (
@@ -209,6 +232,7 @@ def test_gateway_unit_runs_gunicorn_from_opt(rendered: Rendered) -> None:
         assert line in text, line
 
 
+@pytest.mark.unit
 def test_units_have_one_source_of_truth() -> None:
     """The roles render systemd/*.j2 of the repository and keep no unit templates of their own."""
     templates = {path.name for path in SYSTEMD_DIR.glob("*.j2")}
