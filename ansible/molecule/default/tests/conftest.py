@@ -1,9 +1,10 @@
 """Fixtures of the verify step (pytest-testinfra, run by Molecule after converge).
 
-`host` is the converged container (testinfra's docker backend: `docker exec`, as root).
+`host` is one converged container (testinfra's docker backend: `docker exec`, as root); every
+test that uses it, or `probe`, runs once per platform (Debian 12, Debian 13).
 The fake secrets are the files that the converge generated in Molecule's ephemeral
-directory (see molecule.yml); `probe` runs probe.py inside the container with the
-gateway's own interpreter and hands it parameters on stdin.
+directory (see molecule.yml), the same on every host; `probe` runs probe.py inside the
+host's container with the gateway's own interpreter and hands it parameters on stdin.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-INSTANCE = "telegram-gateway-stack"
 BOT_ID = 7000000001  # public part of the test bot's token (molecule.yml: tgw_bot_id)
 PYTHON = "/opt/telegram-gateway/venv/bin/python"
 UNITS = ("nats-server.service", "telegram-bot-api.service", "telegram-gateway.service")
@@ -36,23 +36,25 @@ def secrets() -> dict[str, str]:
     folder = _ephemeral() / "secrets"
     values = {f.name: f.read_text().split(" salt=")[0].strip() for f in sorted(folder.iterdir())}
     assert values, f"no secrets in {folder}: has the scenario been converged?"
-    values["bot_token"] = f"{BOT_ID}:{values['bot_token_secret']}"
+    values["bot_token"] = f"{BOT_ID}:{values['bot_token_secret']}A"  # as molecule.yml makes it
     # api_id is an 8-digit number that identifies the application, not a secret (api_hash
     # is); a substring search for it would find it by chance in timestamps and binaries
     values.pop("api_id")
     return values
 
 
-@pytest.fixture(scope="session")
-def probe():
-    """probe(name, **params) -> the JSON result of probe.py's probe_<name> in the container."""
+@pytest.fixture(scope="module")
+def probe(host):
+    """probe(name, **params) -> the JSON result of probe.py's probe_<name> in the container
+    of `host`."""
+    instance = host.backend.name
     subprocess.run(
-        ["docker", "cp", str(HERE / "probe.py"), f"{INSTANCE}:/root/probe.py"], check=True
+        ["docker", "cp", str(HERE / "probe.py"), f"{instance}:/root/probe.py"], check=True
     )
 
     def run(name: str, timeout: float = 180, **params: object) -> dict:
         proc = subprocess.run(
-            ["docker", "exec", "-i", INSTANCE, PYTHON, "/root/probe.py", name],
+            ["docker", "exec", "-i", instance, PYTHON, "/root/probe.py", name],
             input=json.dumps(params),
             capture_output=True,
             text=True,

@@ -234,7 +234,7 @@ def test_sandbox_in_force_on_the_running_process(host, unit):
     assert root and root[-1][5].split(",")[0] == "ro", root
 
 
-@pytest.mark.parametrize("unit", UNITS)
+@pytest.mark.parametrize("unit", [*UNITS, "telegram-bot-api-restart.service"])
 def test_exposure_score(host, unit):
     out = host.check_output(f"systemd-analyze security --no-pager {unit}")
     score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))

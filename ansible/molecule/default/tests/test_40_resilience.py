@@ -7,6 +7,20 @@ from collections import Counter
 KILL9_DEADLINE = 30.0
 
 
+def test_scheduled_restart_restarts_the_bot_api_server_under_its_sandbox(host):
+    """telegram-bot-api-restart.service (hardened: no capabilities, no network) does its job
+    when its timer fires: here started by hand, as the timer would."""
+    assert host.service("telegram-bot-api-restart.timer").is_running
+    before = host.check_output("systemctl show -p MainPID --value telegram-bot-api.service")
+    result = host.run("systemctl start telegram-bot-api-restart.service")
+    assert result.rc == 0, host.run(
+        "journalctl --no-pager -n 20 -u telegram-bot-api-restart.service"
+    ).stdout
+    after = host.check_output("systemctl show -p MainPID --value telegram-bot-api.service")
+    assert after not in ("0", before)
+    assert host.service("telegram-bot-api.service").is_running
+
+
 def test_no_update_lost_across_nats_and_botapi_restarts(probe, agents):
     res = probe(
         "restarts",
