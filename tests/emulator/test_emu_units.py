@@ -24,6 +24,7 @@ from botapi_emulator.formatting import (
 from botapi_emulator.generator import UpdateGenerator
 from botapi_emulator.httpserver import parse_multipart
 from botapi_emulator.limits import FloodState, Limits
+from botapi_emulator.methods import METHODS
 from botapi_emulator.persistence import restore, snapshot
 from botapi_emulator.protocol import flood_error
 from botapi_emulator.service import is_loopback
@@ -37,6 +38,8 @@ from botapi_emulator.tokens import (
 from botapi_emulator.update_types import KNOWN_UPDATE_TYPES, update_type_of
 from harness.tokens import fake_token
 from telegram_gateway.config import ALL_UPDATE_TYPES
+from telegram_gateway.nats_api import ALLOWED_METHODS
+from telegram_gateway.outbound import MEDIA_METHODS
 
 pytestmark = pytest.mark.unit
 
@@ -190,6 +193,11 @@ class TestTokensAndRouting:
         assert update_type_of({"update_id": 1, "x_new": {}, "message": {}}) == ("message")
         assert update_type_of({"update_id": 1, "brand_new": {}}) == "brand_new"
 
+    def test_every_method_the_gateway_allows_is_implemented(self) -> None:
+        implemented = {name for name, _ in METHODS.values()}
+        assert set(ALLOWED_METHODS) - implemented == set()
+        assert set(MEDIA_METHODS.values()) <= implemented
+
     def test_update_types_are_the_gateways(self) -> None:
         assert KNOWN_UPDATE_TYPES == ALL_UPDATE_TYPES
 
@@ -274,6 +282,19 @@ class TestFlood:
             flood.commit(limits, group, now + step)
         assert flood.wait(limits, group, now + 20) == pytest.approx(39.95)
         assert flood.wait(limits, group, now + 59.95) == 0
+
+    def test_an_album_needs_room_for_every_item(self) -> None:
+        limits, flood = Limits(), FloodState()
+        group, private = ChatState(-1, "group"), ChatState(1, "private")
+        now = 1000.0
+        flood.commit(limits, group, now, 15)
+        assert flood.wait(limits, group, now, 5) == 0
+        assert flood.wait(limits, group, now, 6) == pytest.approx(59.95)
+        # a private chat's bucket (burst 3, 1/s) needs one token; an album takes it below zero
+        flood.commit(limits, private, now, 10)
+        assert flood.wait(limits, private, now) == pytest.approx(8.0)
+        assert flood.wait(limits, private, now + 1, 5) == pytest.approx(7.0)
+        assert flood.wait(limits, private, now + 8) == 0
 
     def test_retry_after_is_rounded_up(self) -> None:
         error = flood_error(0.2)
