@@ -342,6 +342,14 @@ def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
     Precisely: ``text == pieces[0] + gap[0] + pieces[1] + ... + pieces[-1]`` (leading and
     trailing whitespace of ``text`` aside) where every ``gap`` is whitespace, non-empty
     except at a hard cut; no piece is empty or starts/ends with whitespace at a cut.
+
+    Lengths are ``len()``, Unicode code points: tdlib measures a bot's text the same way
+    (``utf8_length`` of the text after entity parsing), not in UTF-16 code units.
+    pyTelegramBotAPI's ``telebot.util.smart_split`` is not used: it cuts at the last line
+    break anywhere in the window (a piece of three characters when the only break is near the
+    start), keeps the separator at the end of a piece, and can yield a piece of only
+    whitespace or an empty last piece, which Telegram refuses (``message text is empty``);
+    ``split_string`` is only the hard cut.
     """
     rest = text
     pieces: list[str] = []

@@ -7,6 +7,7 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from telebot import util
 
 from harness.tokens import fake_token
 from telegram_gateway.config import load_settings
@@ -183,6 +184,22 @@ def test_split_prefers_paragraphs_then_lines_then_words():
     assert all(not p.endswith(" ") for p in pieces[:-1])  # the text's own last space stays
     assert split_text("x" * 5000) == ["x" * 4096, "x" * 904]  # no boundary: a hard cut
     assert split_text("short") == ["short"]
+
+
+def test_why_the_librarys_splitter_is_not_used():
+    """``telebot.util.smart_split`` makes messages Telegram refuses; if it stops doing so,
+    this fails and split_text may give way to it."""
+    assert util.smart_split("\n" + "a" * 5000, TEXT_LIMIT)[0] == "\n"  # whitespace only
+    assert util.smart_split("a" * TEXT_LIMIT, TEXT_LIMIT)[-1] == ""  # an empty message
+    assert util.smart_split("aaa\n" + "b " * 3000, TEXT_LIMIT)[0] == "aaa\n"  # a tiny piece
+    assert all(piece.strip() for piece in split_text("\n" + "a" * 5000))
+    assert split_text("a" * TEXT_LIMIT) == ["a" * TEXT_LIMIT]
+    assert len(split_text("aaa\n" + "b " * 3000)[0]) > TEXT_LIMIT // 2
+
+
+def test_the_limit_counts_code_points_as_telegram_does():
+    emoji = "😀" * (TEXT_LIMIT + 1)  # two UTF-16 code units each, one code point
+    assert [len(piece) for piece in split_text(emoji)] == [TEXT_LIMIT, 1]
 
 
 def reassembles(text: str, parts: list[str]) -> bool:
