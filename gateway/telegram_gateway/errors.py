@@ -5,7 +5,7 @@ Hierarchy::
     GatewayError
     ├── ConfigError          a setting or the routes file is missing or malformed (start-up)
     ├── BotApiError          a Bot API call did not produce a result
-    │   ├── BotApiUnavailable    connection refused / dropped, or a non-JSON answer  -> HTTP 502
+    │   ├── BotApiUnavailable    broken after the request went out, or not an answer -> HTTP 502
     │   │   └── BotApiUnreachable    no connection at all: the request was not sent      -> HTTP 502
     │   ├── BotApiTimeout        no answer within the caller's bound                 -> HTTP 504
     │   └── TelegramError        the Bot API answered {"ok": false, ...}             -> its code

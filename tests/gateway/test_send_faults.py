@@ -117,6 +117,18 @@ def test_a_dropped_connection_is_502_and_the_outcome_is_kept(out):
     assert headers.get("Idempotent-Replayed") == "true"
 
 
+def test_no_answer_in_time_is_504_and_the_outcome_is_kept(out):
+    out.emulator.fault("delay", delay=SEND_TIMEOUT + 1.0, methods=["sendMessage"], count=1)
+    key = "late-" + secrets.token_hex(4)
+    body = {"bot": BOT, "chat_id": PRIVATE[36], "text": "late"}
+    status, answer, _, _ = timed_send(out, body, key=key)
+    assert status == 504, answer
+    # the Bot API got it and may still send it: a retry with the key replays, it does not send
+    status, again, headers, _ = timed_send(out, body, key=key)
+    assert (status, again) == (504, answer)
+    assert headers.get("Idempotent-Replayed") == "true"
+
+
 def test_bot_api_500_is_502_with_its_description(out):
     out.emulator.fault("error", status=500, methods=["sendMessage"], count=1)
     status, answer, _, _ = timed_send(out, {"bot": BOT, "chat_id": PRIVATE[31], "text": "x"})
