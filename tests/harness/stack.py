@@ -69,7 +69,7 @@ class Stack:
         self.names: dict[int, str | None] = names
         self.tokens = {bot_id: fake_token(bot_id) for bot_id in names}
         self.chats = [dict(chat) for chat in chats]
-        self.start_gateway = gateway
+        self.with_gateway = gateway
         self.workers = workers
         self.pacing = pacing
         self.env = dict(env or {})
@@ -94,7 +94,7 @@ class Stack:
             if self.chats:
                 for bot_id in self.tokens:
                     self.emulator.add_chats(bot_id, self.chats)
-            if self.start_gateway:
+            if self.with_gateway:
                 self.add_gateway()
         except BaseException:
             self.__exit__()
