@@ -78,7 +78,7 @@ class FakeBotApi:
                 self.confirmed = max(self.confirmed, offset)
             ready = [u for u in self.updates if u["update_id"] >= self.confirmed][:limit]
         if not ready:
-            time.sleep(0.01)
+            time.sleep(0.01)  # a (very short) long poll that found nothing
         return [(json.loads(json.dumps(u)), json.dumps(u).encode()) for u in ready]
 
 
@@ -173,7 +173,7 @@ def test_nothing_is_confirmed_while_nats_is_down(make):
     api.add(5)
     poller.start()
     wait_until(lambda: poller.record.state == WAITING_FOR_NATS, 5, "waiting for NATS")
-    time.sleep(0.3)
+    time.sleep(0.3)  # a window in which nothing may happen
     assert api.offsets == []  # no getUpdates = nothing confirmed
     check = poller.checks()[f"poller:{BOT_ID}"]
     assert not check.ok and "not polling: NATS disconnected" in check.reason
@@ -185,7 +185,7 @@ def test_nothing_is_confirmed_while_nats_is_down(make):
     wait_until(lambda: poller.record.state == WAITING_FOR_NATS, 5, "waiting for NATS")
     check = poller.checks()[f"poller:{BOT_ID}"]
     assert not check.ok and "3 update(s) wait for JetStream" in check.reason
-    time.sleep(0.3)
+    time.sleep(0.3)  # a window in which nothing may be confirmed
     assert api.confirmed == 1005
     bus.lost = False
     wait_until(lambda: api.confirmed == 1008, 5, "confirmation after NATS is back")
@@ -260,7 +260,7 @@ def test_one_poller_per_bot_and_takeover(make):
     wait_until(lambda: first.lock.held, 5, "first holds the lock")
     second.start()
     wait_until(lambda: api.confirmed == 1005, 5, "first delivered")
-    time.sleep(0.2)
+    time.sleep(0.2)  # a window in which the standby must not take the lock
     assert not second.lock.held
     # the standby reports the holder's state from the shared file
     assert second.checks()[f"poller:{BOT_ID}"].ok
