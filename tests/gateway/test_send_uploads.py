@@ -290,3 +290,20 @@ def test_the_spool_file_is_removed_when_the_client_goes_away(out):
     assert_spool_empties(out)
     status, _ = out.gateway.get("/healthz")
     assert status == 200
+
+
+@pytest.mark.integration
+def test_two_files_in_one_upload_are_400_and_leave_nothing_behind(out):
+    body, content_type = multipart(PRIVATE[93], b"first file")
+    boundary = content_type.partition("boundary=")[2]
+    second = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="photo"; '
+        f'filename="second.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        "second file\r\n"
+    ).encode()
+    body = body.replace(f"--{boundary}--\r\n".encode(), second + f"--{boundary}--\r\n".encode())
+    status, answer, _ = out.send_raw(body, content_type)
+    assert status == 400, answer
+    assert answer["error"] == "body: one file per message"
+    assert_spool_empties(out)
+    assert out.sent(PRIVATE[93]) == []
