@@ -163,6 +163,23 @@ def test_refused_is_unreachable():
     assert TOKEN.split(":")[1] not in str(info.value)
 
 
+def test_a_connect_timeout_is_unreachable():
+    listener = socket.socket()  # a server that never accepts: its queue of one is full
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    queued = socket.create_connection(listener.getsockname(), timeout=5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(BotApiUnreachable, match=r"connecting to the Bot API at .* timed out"):
+            BotApi(f"http://127.0.0.1:{listener.getsockname()[1]}").post(
+                TOKEN, "getMe", {}, None, 0.5
+            )
+        assert time.monotonic() - started < 1.5
+    finally:
+        queued.close()
+        listener.close()
+
+
 def test_dropped_after_the_request_is_unavailable_and_hides_the_token():
     with pytest.raises(BotApiUnavailable, match="broke") as info:
         BotApi(Server(lambda conn, request: False).url).post(TOKEN, "getMe", {}, None, 2)
