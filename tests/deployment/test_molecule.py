@@ -1,12 +1,14 @@
 """Deployment tier: the Molecule scenario ansible/molecule/default, run by .ci/molecule.
 
-`molecule test` in one Debian 12 systemd container: create, converge with the unchanged
-ansible/site.yml, idempotence (0 changed), side_effect (files changed by hand are put back by
-another converge, and their services restarted), verify (a --check run reports 0 changed; services,
+`molecule test` on two systemd containers, Debian 12 and Debian 13: create, a --check --diff
+run on the fresh hosts (it must run to the end before anything is installed), converge with
+the unchanged ansible/site.yml, idempotence (0 changed), side_effect (files changed by hand are
+put back by another converge, and their services restarted; a rotated NATS password restarts
+nats-server and the gateway), verify on both hosts (a --check run reports 0 changed; services,
 sockets, users, files, secrets, sandbox, end to end, restarts, kill -9), destroy. The verify
 step's own tests live in ansible/molecule/default/tests/.
 
-Needs root (or a Docker engine that already answers and the base image) and takes minutes;
+Needs root (or a Docker engine that already answers and the base images) and takes minutes;
 deselect it with `-m "not deployment"`.
 """
 
@@ -62,6 +64,10 @@ def test_molecule_scenario_default_converges_idempotently_and_verifies():
         + "\n".join(output.splitlines()[-150:])
     )
     # each step really ran (a scenario that skipped them would also exit 0)
-    for step in ("converge", "idempotence", "side_effect", "verify"):
+    for step in ("check", "converge", "idempotence", "side_effect", "verify"):
         assert re.search(rf"default.*{step}.*Executed: Successful", output), f"no {step} in {LOG}"
     assert re.search(r"\d+ passed", output) and not re.search(r"\d+ (failed|error)", output)
+    # both platforms were converged and verified
+    for platform in ("telegram-gateway-debian12", "telegram-gateway-debian13"):
+        assert re.search(rf"^{platform}\s*: ok=\d+\s+changed=0 ", output, re.M), platform
+        assert f"docker://{platform}" in output, f"{platform} not verified"
