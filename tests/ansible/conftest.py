@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.tokens import fake_token
+
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
 ROLES_DIR = ANSIBLE_DIR / "roles"
@@ -104,10 +106,8 @@ def load_yaml(path: Path) -> object:
 
 
 def fake_bot_token(bot_id: int | None = None) -> str:
-    """A token of the real shape: the secret is base64url of 26 random bytes, 35 characters
-    without padding, canonical as the real server's base64url decoding requires."""
-    bot_id = bot_id or 1_000_000 + secrets.randbelow(9_000_000_000)
-    return f"{bot_id}:{secrets.token_urlsafe(26)}"
+    """A canonical token of the real shape (harness.tokens), for a random bot id by default."""
+    return fake_token(bot_id or 1_000_000 + secrets.randbelow(9_000_000_000))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ with systemd (the facts the preflight asserts), nothing is gathered or changed.
   nats-server release comes from a ``file://`` URL (a tarball made here), so the controller
   side of the URL mode (download, checksum, unpack) runs for real — twice: the second time it
   changes nothing. (telegram_gateway installs apt packages and a virtualenv, which needs a real
-  Debian host; Molecule converges it, and dry-runs it, in a systemd container.)
+  Debian host; Molecule dry-runs it on fresh hosts, converges it and dry-runs it again, in
+  Debian 12 and 13 systemd containers.)
 
 All cases run in one ansible-playbook invocation to keep this tier fast.
 """
