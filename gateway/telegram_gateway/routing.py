@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from telebot.util import extract_command
 
 from telegram_gateway.config import BotConfig
 from telegram_gateway.errors import ConfigError
@@ -78,11 +79,12 @@ class Route:
 
 def command_of(text: str | None) -> str | None:
     """``/ask`` for text starting with ``/ask`` or ``/ask@somebot`` (followed by the end or
-    white space); None otherwise."""
-    if not text or not text.startswith("/"):
+    white space); None otherwise. pyTelegramBotAPI's ``extract_command`` takes the first word
+    apart; Telegram's command syntax (``_COMMAND``) decides whether it is a command."""
+    name = extract_command(text) if text else None
+    if name is None:
         return None
-    head = text.split(maxsplit=1)[0] if text.strip() else ""
-    command = head.split("@", 1)[0]
+    command = "/" + name
     return command if _COMMAND.match(command) else None
 
 
