@@ -19,9 +19,6 @@ from typing import Any
 
 import pytest
 
-# Modules whose markers their owners are still correcting (issue #10, part 5): a unit test
-# there that starts a process gets a warning naming it instead of failing. Empty this.
-WARN_ONLY = ("tests/emulator/",)
 OTHER_TIERS = {"integration", "faults", "deployment"}
 
 
@@ -34,11 +31,10 @@ class UnitTestStartedAProcess(AssertionError):
 
 
 class _ProcessGuard:
-    """Refuses (or, for :data:`WARN_ONLY` modules, records) every program a unit test starts."""
+    """Refuses every program a unit test starts."""
 
     def __init__(self, item: pytest.Item) -> None:
         self.item = item
-        self.strict = not item.nodeid.startswith(WARN_ONLY)
         self.started: list[str] = []
 
     def check(self, command: object) -> None:
@@ -47,8 +43,7 @@ class _ProcessGuard:
         else:
             shown = " ".join(os.fsdecode(part) for part in command)  # type: ignore[attr-defined]
         self.started.append(" ".join(shown.split())[:120])
-        if self.strict:
-            raise UnitTestStartedAProcess(self.message())
+        raise UnitTestStartedAProcess(self.message())
 
     def message(self) -> str:
         text = (
@@ -111,9 +106,7 @@ def _guarded(item: pytest.Item) -> Generator[None, None, None]:
         for target, name, replacement in guard.patches():
             patch.setattr(target, name, replacement)
         result = yield
-    if guard.started and guard.strict:
+    if guard.started:
         # the test went on (it caught the error): fail it all the same
         raise UnitTestStartedAProcess(guard.message())
-    if guard.started:
-        item.warn(pytest.PytestWarning(guard.message() + " (warning only until fixed)"))
     return result
