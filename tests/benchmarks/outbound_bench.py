@@ -36,13 +36,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "gateway"), str(HERE.parent), str(HERE.parents[1] / "gateway")]
 
-from outbound_fixtures import BOT, PRIVATE, Burst, OutboundStack, burst_plan  # noqa: E402
+from outbound_fixtures import BOT, PRIVATE, Burst, burst_plan, outbound_stack  # noqa: E402
 
 
 # ---- part 1 -----------------------------------------------------------------------------------
 def pacing(root: Path, workers: int) -> None:
     print(f"== pacing efficiency: 1,000 messages, 100 private chats + 2 groups, {workers} workers")
-    with OutboundStack(root / "pacing", workers=workers) as stack:
+    with outbound_stack(root / "pacing", workers=workers) as stack:
         burst = Burst(stack, burst_plan(1000))
         took = burst.run()
         minimum = burst.total / 30
@@ -124,7 +124,7 @@ def overhead(root: Path, workers: int, count: int, concurrency: int, sequential:
         f"== overhead: pacing off, emulator limits off, {workers} gateway workers, "
         f"{os.cpu_count()} CPUs (client, emulator and gateway share them)"
     )
-    with OutboundStack(root / "overhead", workers=workers, pacing=False) as stack:
+    with outbound_stack(root / "overhead", workers=workers, pacing=False) as stack:
         stack.emulator.set_limits(enabled=False)
         token = stack.tokens[BOT]
         targets = {

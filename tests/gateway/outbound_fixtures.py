@@ -1,13 +1,13 @@
 """Helpers for the outbound tests (``/send``, ``telegram.out.*``, pacing, OpenAPI).
 
-:class:`OutboundStack` is the harness's one stack builder set up for them: nats-server, the
+`outbound_stack` sets up the harness's one stack builder for them: nats-server, the
 Bot API emulator (enforcing Telegram's limits) with registered chats, and the gateway under
 gunicorn + gevent. Test modules wrap it in a module-scoped fixture (one stack per module keeps
 the suite fast)::
 
     @pytest.fixture(scope="module")
     def out(tmp_path_factory):
-        with OutboundStack(tmp_path_factory.mktemp("send")) as stack:
+        with outbound_stack(tmp_path_factory.mktemp("send")) as stack:
             yield stack
 
 Chats registered in the emulator for :data:`BOT`: :data:`PRIVATE` users, :data:`GROUP`,
@@ -51,20 +51,18 @@ def chats() -> list[dict[str, Any]]:
     return specs
 
 
-class OutboundStack(Stack):
-    """The outbound tests' :class:`~harness.stack.Stack`: :data:`BOT` (named :data:`BOT_NAME`)
-    and :data:`OTHER_BOT` with :func:`chats` registered, one gateway with ``workers`` workers
-    and the settings in ``env``."""
-
-    def __init__(self, root: Path, workers: int = 2, pacing: bool = True, **env: str) -> None:
-        super().__init__(
-            root,
-            {BOT: BOT_NAME, OTHER_BOT: None},
-            chats=chats(),
-            workers=workers,
-            pacing=pacing,
-            env={"GATEWAY_LOG_LEVEL": "INFO", **env},
-        )
+def outbound_stack(root: Path, workers: int = 2, pacing: bool = True, **env: str) -> Stack:
+    """The harness's :class:`~harness.stack.Stack` as the outbound tests use it: :data:`BOT`
+    (named :data:`BOT_NAME`) and :data:`OTHER_BOT` with :func:`chats` registered, one gateway
+    with ``workers`` workers and the settings in ``env``."""
+    return Stack(
+        root,
+        {BOT: BOT_NAME, OTHER_BOT: None},
+        chats=chats(),
+        workers=workers,
+        pacing=pacing,
+        env={"GATEWAY_LOG_LEVEL": "INFO", **env},
+    )
 
 
 # ---- the burst: many chats at once through /send and NATS ------------------------------------
@@ -74,7 +72,7 @@ class Burst:
     all lanes start together. ``run`` returns the wall time from the first request to the
     last answer."""
 
-    def __init__(self, stack: OutboundStack, plan: dict[int, int], bot_id: int = BOT) -> None:
+    def __init__(self, stack: Stack, plan: dict[int, int], bot_id: int = BOT) -> None:
         self.stack = stack
         self.plan = plan  # chat id -> number of messages
         self.bot_id = bot_id

@@ -9,10 +9,11 @@ import time
 from contextlib import suppress
 
 import pytest
-from outbound_fixtures import BOT, PRIVATE, OutboundStack
+from outbound_fixtures import BOT, PRIVATE, outbound_stack
 from raw_http import connect, exchange, is_closed, read_response, seconds_until_closed
 
 from harness.procs import wait_until
+from harness.stack import Stack
 from telegram_gateway.web.request_body import BODY_STALL_TIMEOUT
 
 pytestmark = pytest.mark.integration
@@ -22,17 +23,17 @@ KEEPALIVE = 1  # seconds, through gunicorn's own GUNICORN_CMD_ARGS
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with OutboundStack(
+    with outbound_stack(
         tmp_path_factory.mktemp("http"), workers=1, GUNICORN_CMD_ARGS=f"--keep-alive {KEEPALIVE}"
     ) as running:
         yield running
 
 
-def port(stack: OutboundStack) -> int:
+def port(stack: Stack) -> int:
     return stack.gateway.port
 
 
-def send_request(stack: OutboundStack, index: int) -> bytes:
+def send_request(stack: Stack, index: int) -> bytes:
     body = json.dumps({"bot": BOT, "chat_id": PRIVATE[60 + index], "text": f"keep-alive {index}"})
     return (
         "POST /send HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
@@ -41,7 +42,7 @@ def send_request(stack: OutboundStack, index: int) -> bytes:
     ).encode()
 
 
-def post_head(stack: OutboundStack | None, framing: str) -> bytes:
+def post_head(stack: Stack | None, framing: str) -> bytes:
     """The head of a ``POST /send`` (with the API token unless ``stack`` is None)."""
     auth = f"Authorization: Bearer {stack.api_token}\r\n" if stack is not None else ""
     return (
@@ -50,7 +51,7 @@ def post_head(stack: OutboundStack | None, framing: str) -> bytes:
     ).encode()
 
 
-def assert_still_serving(stack: OutboundStack) -> None:
+def assert_still_serving(stack: Stack) -> None:
     status, _, body = exchange(port(stack), b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
     assert status in (200, 503) and json.loads(body)["service"] == "telegram-gateway"
 
@@ -297,7 +298,7 @@ def test_a_body_that_stalls_is_cut_off(stack):
 # ---- the access log --------------------------------------------------------------------------
 def test_gunicorns_access_log_works_when_an_operator_turns_it_on(tmp_path):
     """Off by default; ``--access-logfile`` writes lines, never a token."""
-    with OutboundStack(
+    with outbound_stack(
         tmp_path, workers=1, GUNICORN_CMD_ARGS="--access-logfile - --keep-alive 1"
     ) as logged:
         status, _ = logged.gateway.get("/healthz?probe=access")

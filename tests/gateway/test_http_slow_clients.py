@@ -11,7 +11,7 @@ import socket
 import time
 
 import pytest
-from outbound_fixtures import OutboundStack
+from outbound_fixtures import outbound_stack
 from raw_http import exchange
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ def timed_healthz(port: int) -> tuple[int, float]:
 def test_2000_stuck_clients_do_not_stop_healthz_and_are_all_closed(
     tmp_path, open_files_for_the_clients
 ):
-    with OutboundStack(tmp_path, workers=2) as stack:
+    with outbound_stack(tmp_path, workers=2) as stack:
         port = stack.gateway.port
         stuck: list[socket.socket] = []
         try:

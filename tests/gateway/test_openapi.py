@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from outbound_fixtures import BOT, PRIVATE, OutboundStack
+from outbound_fixtures import BOT, PRIVATE, outbound_stack
 from schemathesis import GenerationMode
 
 from telegram_gateway.outbound import FIELDS, MEDIA_METHODS
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     # no waiting for Telegram's limits while fuzzing: a send that would wait is a 429 at once
-    with OutboundStack(tmp_path_factory.mktemp("openapi"), GATEWAY_SEND_MAX_WAIT="0") as stack:
+    with outbound_stack(tmp_path_factory.mktemp("openapi"), GATEWAY_SEND_MAX_WAIT="0") as stack:
         yield stack
 
 

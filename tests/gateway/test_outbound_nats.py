@@ -16,7 +16,7 @@ from outbound_fixtures import (
     OLD_GROUP,
     OTHER_BOT,
     PRIVATE,
-    OutboundStack,
+    outbound_stack,
 )
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    with OutboundStack(tmp_path_factory.mktemp("nats")) as stack:
+    with outbound_stack(tmp_path_factory.mktemp("nats")) as stack:
         yield stack
 
 

@@ -6,14 +6,14 @@ minimum Telegram allows (1,000 messages at 30 per second: 33.3 s)."""
 from __future__ import annotations
 
 import pytest
-from outbound_fixtures import BOT, Burst, OutboundStack, burst_plan
+from outbound_fixtures import BOT, Burst, burst_plan, outbound_stack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    with OutboundStack(tmp_path_factory.mktemp("burst"), workers=2) as stack:
+    with outbound_stack(tmp_path_factory.mktemp("burst"), workers=2) as stack:
         yield stack
 
 

@@ -22,7 +22,7 @@ from outbound_fixtures import (
     OLD_GROUP,
     OTHER_BOT,
     PRIVATE,
-    OutboundStack,
+    outbound_stack,
 )
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ FIVE_MB = 5 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    with OutboundStack(tmp_path_factory.mktemp("send")) as stack:
+    with outbound_stack(tmp_path_factory.mktemp("send")) as stack:
         yield stack
 
 

@@ -8,9 +8,10 @@ import secrets
 import time
 
 import pytest
-from outbound_fixtures import BOT, PRIVATE, OutboundStack
+from outbound_fixtures import BOT, PRIVATE, outbound_stack
 
 from harness.procs import wait_until
+from harness.stack import Stack
 
 pytestmark = pytest.mark.faults
 
@@ -20,7 +21,7 @@ MAX_WAIT = 2.5  # slots at +0, +1, +2 s fit with a margin, +3 s does not
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    with OutboundStack(
+    with outbound_stack(
         tmp_path_factory.mktemp("faults"),
         GATEWAY_SEND_TIMEOUT=str(SEND_TIMEOUT),
         GATEWAY_SEND_MAX_WAIT=str(MAX_WAIT),
@@ -38,13 +39,13 @@ def subject(method: str) -> str:
     return f"telegram.out.{BOT}.{method}"
 
 
-def timed_send(out: OutboundStack, body: dict, **kwargs) -> tuple[int, dict, dict, float]:
+def timed_send(out: Stack, body: dict, **kwargs) -> tuple[int, dict, dict, float]:
     started = time.monotonic()
     status, answer, headers = out.send(body, **kwargs)
     return status, answer, headers, time.monotonic() - started
 
 
-def api_up(out: OutboundStack) -> bool:
+def api_up(out: Stack) -> bool:
     try:
         status, _, _ = out.emulator.call(out.tokens[BOT], "getMe", timeout=2)
     except OSError:
@@ -52,11 +53,11 @@ def api_up(out: OutboundStack) -> bool:
     return status == 200
 
 
-def wait_api_up(out: OutboundStack) -> None:
+def wait_api_up(out: Stack) -> None:
     wait_until(lambda: api_up(out), 15, "the Bot API to come back")
 
 
-def sendmessage_calls(out: OutboundStack) -> int:
+def sendmessage_calls(out: Stack) -> int:
     """sendMessage requests the emulator has received (counted on arrival, before a delay)."""
     return int(out.emulator.stats()["calls"].get("sendMessage", 0))
 

@@ -12,10 +12,11 @@ import socket
 from pathlib import Path
 
 import pytest
-from outbound_fixtures import BOT, PRIVATE, OutboundStack
+from outbound_fixtures import BOT, PRIVATE, outbound_stack
 from raw_http import connect, is_closed, read_response
 
 from harness.procs import wait_until
+from harness.stack import Stack
 from telegram_gateway.config import load_settings
 from telegram_gateway.errors import ConfigError, InvalidRequest
 from telegram_gateway.web.uploads import UploadRefused, UploadSpool
@@ -108,7 +109,7 @@ def test_upload_settings_defaults():
 # ---- on the running gateway ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    with OutboundStack(
+    with outbound_stack(
         tmp_path_factory.mktemp("uploads"),
         workers=2,
         GATEWAY_UPLOAD_CONCURRENCY=str(CONCURRENCY),
@@ -117,11 +118,11 @@ def out(tmp_path_factory):
         yield stack
 
 
-def spool_dir(out: OutboundStack) -> Path:
+def spool_dir(out: Stack) -> Path:
     return out.gateway.state_dir / "uploads"
 
 
-def spooled(out: OutboundStack) -> list[Path]:
+def spooled(out: Stack) -> list[Path]:
     directory = spool_dir(out)
     return sorted(directory.iterdir()) if directory.exists() else []
 
@@ -141,7 +142,7 @@ def multipart(chat_id: int, content: bytes, field: str = "document") -> tuple[by
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def head(out: OutboundStack, content_type: str, framing: str) -> bytes:
+def head(out: Stack, content_type: str, framing: str) -> bytes:
     return (
         f"POST /send HTTP/1.1\r\nHost: gateway\r\nContent-Type: {content_type}\r\n"
         f"Authorization: Bearer {out.api_token}\r\n{framing}\r\n\r\n"
@@ -151,7 +152,7 @@ def head(out: OutboundStack, content_type: str, framing: str) -> bytes:
 class HeldUpload:
     """An upload whose body is sent up to ``held`` bytes, the rest on ``finish()``."""
 
-    def __init__(self, out: OutboundStack, chat_id: int, size: int, held: int = 1000) -> None:
+    def __init__(self, out: Stack, chat_id: int, size: int, held: int = 1000) -> None:
         self.body, content_type = multipart(chat_id, os.urandom(size))
         self.held = held
         self.sock = connect(out.gateway.port, timeout=30)
@@ -166,7 +167,7 @@ class HeldUpload:
         self.sock.close()
 
 
-def assert_spool_empties(out: OutboundStack) -> None:
+def assert_spool_empties(out: Stack) -> None:
     wait_until(lambda: spooled(out) == [], 10, "the spool directory to be empty")
 
 
