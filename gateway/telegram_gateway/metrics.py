@@ -107,6 +107,12 @@ SEND_SECONDS = Histogram(
     ["method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+REPLY_REDACTIONS = Counter(
+    PREFIX + "reply_redactions",
+    "Bot API answers that held a configured bot token's secret and were redacted before "
+    "being passed on (stays 0; see telegram_gateway.replies)",
+    ["bot", "method"],
+)
 
 
 def multiprocess_dir() -> str | None:

@@ -15,7 +15,9 @@ order and nobody else's message to that chat gets between them.
 
 The HTTP is :class:`telegram_gateway.botapi.BotApi`, the gateway's one Bot API client (shared
 with the pollers and the health probe), which tells "never reached the Bot API" apart from
-"may have been sent".
+"may have been sent". Every answer passes :class:`telegram_gateway.replies.ReplyGuard` before
+anything else sees it: getFile's ``file_path`` without the token folder, no token's secret
+anywhere (the NATS replies and ``/send`` answers are built from what it returns).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from telegram_gateway.health import Check
 from telegram_gateway.outbound import Upload
 from telegram_gateway.pacing import PRIVATE_INTERVAL, Chat, Pacer
 from telegram_gateway.redact import redact
+from telegram_gateway.replies import ReplyGuard
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +116,7 @@ class Sender:
             settings.state_dir / "pacing", settings.send_max_wait, settings.send_pacing
         )
         self._moved: dict[tuple[int, str], int] = {}  # (bot, old chat) -> supergroup id
+        self.guard = ReplyGuard(settings.bots)  # no token in what leaves the gateway
 
     # component protocol: nothing runs in the background
     def start(self) -> None:
@@ -227,6 +231,7 @@ class Sender:
                 return None, exc
             finally:
                 metrics.SEND_SECONDS.labels(method).observe(time.perf_counter() - began)
+            reply = self.guard.clean(bot, method, reply)
             envelope = reply.envelope
             if envelope.get("ok"):
                 metrics.SENDS.labels(label, method, "ok").inc()

@@ -50,3 +50,29 @@ def test_every_logger_and_traceback_is_redacted():
     assert secret not in output
     assert "nats-password-xyz" not in output
     assert output.count("<redacted>") >= 3
+
+
+def test_redacts_the_servers_folder_form_of_a_token():
+    token = fake_token(4242)
+    folder = token.replace(":", "~")
+    cleaned = redact.redact(f"/var/lib/telegram-bot-api/{folder}/documents/file_3.pdf")
+    assert token.split(":")[1] not in cleaned
+    assert cleaned == f"/var/lib/telegram-bot-api/4242~{redact.REDACTED}/documents/file_3.pdf"
+
+
+def test_redacts_given_secrets_in_one_call():
+    secret = redact.secret_of(fake_token(77))
+    assert redact.redact(f"a bare {secret} here", [secret]) == f"a bare {redact.REDACTED} here"
+    assert redact.redact(f"a bare {secret} here") == f"a bare {secret} here"
+
+
+def test_secret_of_and_the_folder_names_of_a_token():
+    token = fake_token(31)
+    secret = token.split(":")[1]
+    assert redact.secret_of(token) == secret and redact.secret_of("no-colon") == ""
+    assert redact.bot_folder_names(token) == (
+        f"31:{secret}",
+        f"31~{secret}",
+        f"31:{secret}:T",
+        f"31~{secret}~T",
+    )
