@@ -12,6 +12,7 @@ To add a setting: append a :class:`Setting` to ``SETTINGS``, add the attribute t
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -67,6 +68,10 @@ class Settings:
     idempotency_ttl: float
     upload_concurrency: int = 4
     upload_max_bytes: int = 4 * 1024**3
+    # local files sent as media only from here (empty: none); see telegram_gateway.media
+    media_dirs: tuple[Path, ...] = ()
+    # the Bot API server's --dir (received files are read only below it)
+    telegram_api_dir: Path = Path("/var/lib/telegram-bot-api")
 
     def bot(self, ref: str | int | None) -> BotConfig | None:
         """The bot named by id or configured name; the only bot when ``ref`` is None."""
@@ -147,6 +152,29 @@ def _api_token(value: str) -> str:
 
 def _optional_path(value: str) -> Path | None:
     return Path(value) if value else None
+
+
+def _absolute_dir(value: str) -> Path:
+    if not value.startswith("/") or "\x00" in value:
+        raise ValueError("must be an absolute directory such as /var/lib/telegram-bot-api")
+    return Path(os.path.normpath(value))
+
+
+def _media_dirs(value: str) -> tuple[Path, ...]:
+    """Colon separated absolute directories; empty: the default, ``<GATEWAY_STATE_DIR>/outbox``
+    (filled in by :func:`load_settings`)."""
+    dirs: list[Path] = []
+    for position, raw in enumerate(value.split(":"), start=1):
+        item = raw.strip()
+        if not item:
+            continue
+        if not item.startswith("/") or "\x00" in item:
+            raise ValueError(
+                f"entry {position} ({item[:64]!r}) is not an absolute directory; give "
+                "colon separated absolute directories such as /var/lib/telegram-gateway/outbox"
+            )
+        dirs.append(Path(os.path.normpath(item)))
+    return tuple(dict.fromkeys(dirs))
 
 
 def _number(low: float, high: float) -> Parser:
@@ -394,6 +422,21 @@ SETTINGS: tuple[Setting, ...] = (
         str(4 * 1024**3),
         "bytes that uploads in progress may take in <GATEWAY_STATE_DIR>/uploads (>= 1 MiB)",
     ),
+    Setting(
+        "GATEWAY_MEDIA_DIRS",
+        "media_dirs",
+        _media_dirs,
+        "",
+        "colon separated absolute directories local files are sent from "
+        "(empty: <GATEWAY_STATE_DIR>/outbox)",
+    ),
+    Setting(
+        "TELEGRAM_API_DIR",
+        "telegram_api_dir",
+        _absolute_dir,
+        "/var/lib/telegram-bot-api",
+        "the Bot API server's --dir (absolute); received files are read only below it",
+    ),
 )
 
 
@@ -421,6 +464,8 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = 
                 problems.append(f"unknown setting override {key!r}")
             else:
                 values[key] = value
+    if not problems and not values.get("media_dirs"):
+        values["media_dirs"] = (Path(os.path.abspath(values["state_dir"])) / "outbox",)
     if not problems and bool(values.get("nats_user")) != bool(values.get("nats_password")):
         problems.append("NATS_USER and NATS_PASSWORD must be set together")
     if problems:

@@ -40,7 +40,7 @@ from telegram_gateway.errors import (
 )
 from telegram_gateway.health import Check
 from telegram_gateway.idempotency import IdempotencyStore, Outcome, valid_key
-from telegram_gateway.outbound import check_encodable
+from telegram_gateway.outbound import check_encodable, check_local_files
 from telegram_gateway.sender import CHAT_MESSAGE_METHODS, Delivery, Sender
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,10 @@ class OutboundService:
                     "(UTF-8, no lone surrogates, no NaN)",
                 )
             )
+        try:  # local files only from GATEWAY_MEDIA_DIRS; nothing reaches the Bot API otherwise
+            check_local_files(params, self.settings)
+        except InvalidRequest as exc:
+            return _dump(envelope_error(400, f"Bad Request: {exc}"))
         key = _header(request.headers, IDEMPOTENCY_HEADER)
         if key is None:
             return self._call(bot, method, params)

@@ -17,19 +17,24 @@ the message's options; ``reply_to_message_id``/``reply_parameters`` go with the 
 Media values: a ``file_id``, an ``http(s)://`` URL (Telegram downloads it), an absolute local
 path (sent as a ``file://`` URI, which the local Bot API server in ``--local`` mode reads
 directly, up to 2000 MB), or a file uploaded with ``multipart/form-data`` (:class:`Upload`).
+A local path or ``file:`` URI is accepted only inside ``GATEWAY_MEDIA_DIRS``
+(:mod:`telegram_gateway.media`); :func:`check_local_files` applies the same rule to the
+parameters of a NATS ``telegram.out.<bot>.<method>`` call.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
 from telegram_gateway.config import BotConfig, Settings
 from telegram_gateway.errors import InvalidRequest
+from telegram_gateway.media import check_params, check_value
 
 TEXT_LIMIT = 4096  # characters of one Telegram text message
 CAPTION_LIMIT = 1024  # characters of a media caption
@@ -135,7 +140,7 @@ def plan(body: Any, settings: Settings, upload: Upload | None = None) -> SendPla
     for name, value in body.items():
         if value is None:
             continue  # JSON null: as if left out
-        values[name] = _check(name, FIELDS[name], value)
+        values[name] = _check(name, FIELDS[name], value, settings.media_dirs)
     if upload is not None:
         if upload.field in values:
             raise InvalidRequest(upload.field, "given both as a field and as an uploaded file")
@@ -204,7 +209,7 @@ def _bot(ref: Any, settings: Settings) -> BotConfig:
     return bot
 
 
-def _check(name: str, spec: Field, value: Any) -> Any:
+def _check(name: str, spec: Field, value: Any, media_dirs: Iterable[Path]) -> Any:
     kind = spec.kind
     if kind == "bot":
         return value
@@ -231,7 +236,7 @@ def _check(name: str, spec: Field, value: Any) -> Any:
     if not isinstance(value, str):
         raise InvalidRequest(name, "must be a string")
     if kind == "media":
-        return media_value(name, value)
+        return media_value(name, value, media_dirs)
     if name == "parse_mode":
         if value not in PARSE_MODES:
             raise InvalidRequest(name, "must be HTML, Markdown or MarkdownV2")
@@ -265,9 +270,9 @@ def chat_id_of(value: Any) -> int | str:
     return value
 
 
-def media_value(name: str, value: str) -> str:
+def media_value(name: str, value: str, media_dirs: Iterable[Path]) -> str:
     """A media field as the Bot API takes it: file_id, http(s) URL, or a ``file://`` URI for
-    an absolute local path."""
+    a local file, which must lie inside ``media_dirs`` (``GATEWAY_MEDIA_DIRS``)."""
     if not value:
         raise InvalidRequest(name, "must not be empty")
     if len(value) > 4096 or "\x00" in value:
@@ -275,13 +280,19 @@ def media_value(name: str, value: str) -> str:
     lowered = value[:8].lower()
     if lowered.startswith(("http://", "https://")):
         return value
-    if lowered.startswith("file:///"):
-        return value
-    if value.startswith("/"):
-        return "file://" + quote(value)
+    if check_value(name, value, media_dirs) is not None:  # a local file, allowed
+        local = value.lstrip()
+        return "file://" + quote(local) if local.startswith("/") else local
     if FILE_ID_RE.match(value):
         return value
     raise InvalidRequest(name, "not a file_id, an http(s) URL or an absolute path")
+
+
+def check_local_files(params: Mapping[str, Any], settings: Settings) -> None:
+    """The parameters of a Bot API call (a NATS ``telegram.out.*`` request): every InputFile
+    that names a local file must lie inside ``GATEWAY_MEDIA_DIRS``, or :class:`InvalidRequest`
+    naming the setting and the field (:mod:`telegram_gateway.media`)."""
+    check_params(params, settings.media_dirs)
 
 
 def _check_caption(params: dict[str, Any]) -> None:
