@@ -4,9 +4,11 @@
 The request payload is the method's parameters as a JSON object (empty payload: no
 parameters); the reply is the Bot API's answer envelope, ``{"ok":true,"result":…}`` or
 ``{"ok":false,"error_code":…,"description":…}`` -- the Bot API's own bytes when nothing had to
-change. ``<bot>`` is the bot id or its configured name (each worker subscribes
-``telegram.out.<id>.*`` and ``telegram.out.<name>.*`` for every bot it has a token for, so a
-request for an unknown bot finds no responder). Every worker of every gateway on the host is in
+change. No reply carries a token: ``getFile``'s ``file_path`` is relative to the bot's folder
+and every answer is checked for the configured secrets (:mod:`telegram_gateway.replies`).
+``<bot>`` is the bot id or its configured name (each worker subscribes ``telegram.out.<id>.*``
+and ``telegram.out.<name>.*`` for every bot it has a token for, so a request for an unknown bot
+finds no responder). Every worker of every gateway on the host is in
 the queue group: each request is answered once.
 
 Only :data:`ALLOWED_METHODS` pass: what an agent needs to talk in chats. Anything else
