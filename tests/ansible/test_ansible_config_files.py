@@ -113,6 +113,10 @@ def test_gateway_environment_file(rendered: Rendered, fake_secrets: FakeSecrets)
         "GATEWAY_ALLOWED_UPDATES": "all",
         "GATEWAY_UPLOAD_CONCURRENCY": "4",
         "GATEWAY_UPLOAD_MAX_BYTES": "4294967296",
+        # the outbox the role creates; the Bot API server's --dir (no telegram_bot_api role in
+        # this play: the gateway role's own default)
+        "GATEWAY_MEDIA_DIRS": "/var/lib/telegram-gateway/outbox",
+        "TELEGRAM_API_DIR": "/var/lib/telegram-bot-api",
         "GATEWAY_STREAM_MAX_AGE": "3600",
     }
 
@@ -153,6 +157,8 @@ def test_gateway_environment_is_accepted_by_the_gateway_settings(
     env["GATEWAY_STATE_DIR"] = str(tmp_path)
     settings = config.load_settings(env)
     assert len(settings.bots) == 2
+    assert settings.media_dirs == (Path("/var/lib/telegram-gateway/outbox"),)
+    assert settings.telegram_api_dir == Path("/var/lib/telegram-bot-api")
     routing = pytest.importorskip("telegram_gateway.routing")
     if hasattr(routing, "load_routes"):
         routing.load_routes(routes, settings.bots)

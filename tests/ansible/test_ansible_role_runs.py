@@ -219,6 +219,51 @@ CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
         {"telegram_gateway_allowed_updates": []},
         "telegram_gateway_allowed_updates",
     ),
+    "gateway_media_dirs_outbox_and_srv": (
+        "telegram_gateway",
+        {
+            "telegram_gateway_media_dirs": [
+                "/var/lib/telegram-gateway/outbox",
+                "/srv/telegram-files",
+            ]
+        },
+        None,
+    ),
+    "gateway_media_dir_relative": (
+        "telegram_gateway",
+        {"telegram_gateway_media_dirs": ["outbox"]},
+        "telegram_gateway_media_dirs",
+    ),
+    "gateway_media_dir_with_a_colon": (
+        "telegram_gateway",
+        {"telegram_gateway_media_dirs": ["/srv/a:/srv/b"]},
+        "telegram_gateway_media_dirs",
+    ),
+    "gateway_media_dir_in_tmp": (
+        "telegram_gateway",
+        {"telegram_gateway_media_dirs": ["/tmp/outbox"]},
+        "refused: /tmp/outbox",
+    ),
+    "gateway_media_dir_in_home": (
+        "telegram_gateway",
+        {"telegram_gateway_media_dirs": ["/home/agent/files"]},
+        "telegram_gateway_media_dirs",
+    ),
+    "gateway_media_dir_in_the_state_dir": (
+        "telegram_gateway",
+        {"telegram_gateway_media_dirs": ["/var/lib/telegram-gateway/uploads"]},
+        "refused: /var/lib/telegram-gateway/uploads",
+    ),
+    "gateway_media_dirs_a_string": (
+        "telegram_gateway",
+        {"telegram_gateway_media_dirs": "/srv/a"},
+        "telegram_gateway_media_dirs",
+    ),
+    "gateway_api_dir_relative": (
+        "telegram_gateway",
+        {"telegram_gateway_telegram_api_dir": "var/lib/telegram-bot-api"},
+        "telegram_gateway_telegram_api_dir",
+    ),
 }
 
 

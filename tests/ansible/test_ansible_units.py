@@ -168,6 +168,27 @@ def test_bot_api_unit_runs_the_server_on_loopback_without_secrets(
 
 
 @pytest.mark.integration
+def test_bot_api_unit_reads_only_the_gateways_outbox_of_the_other_services(
+    rendered: Rendered,
+) -> None:
+    """The server reads local files (file:// in --local mode) as its own user: of the gateway's
+    state only the outbox, none of the env files or nats-server's store and config."""
+    text = lines(rendered.text("telegram-bot-api.service"))
+    for line in (
+        "InaccessiblePaths=-/etc/telegram-gateway",
+        "InaccessiblePaths=-/var/lib/nats",
+        "InaccessiblePaths=-/etc/nats-server",
+        "TemporaryFileSystem=/var/lib/telegram-gateway:ro",
+        "BindReadOnlyPaths=-/var/lib/telegram-gateway/outbox",
+    ):
+        assert line in text, line
+    # the outbox is the gateway's default GATEWAY_MEDIA_DIRS
+    assert 'GATEWAY_MEDIA_DIRS="/var/lib/telegram-gateway/outbox"' in lines(
+        rendered.text("telegram-gateway.env")
+    )
+
+
+@pytest.mark.integration
 def test_bot_api_statistics_page_when_enabled_is_loopback_only(rendered: Rendered) -> None:
     command = exec_start(rendered.text("telegram-bot-api-stats.service")).split()
     assert "--http-stat-port=8082" in command

@@ -212,8 +212,11 @@ def test_a_migrated_group_is_retried_on_the_supergroup(out):
 
 # ---- media ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def big_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("files") / "report 2026.bin"
+def big_file(out):
+    # in the gateway's default GATEWAY_MEDIA_DIRS, <GATEWAY_STATE_DIR>/outbox
+    outbox = out.gateway.state_dir / "outbox"
+    outbox.mkdir(exist_ok=True)
+    path = outbox / "report 2026.bin"
     path.write_bytes(os.urandom(FIVE_MB))
     return path
 

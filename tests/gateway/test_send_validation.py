@@ -103,6 +103,8 @@ def test_bot_by_id_or_name(two_bots):
         ({"chat_id": 1, "photo": "AgAC", "performer": "x"}, "performer", "only with audio"),
         ({"chat_id": 1, "photo": ""}, "photo", "empty"),
         ({"chat_id": 1, "photo": "ftp://host/x.jpg"}, "photo", "file_id"),
+        ({"chat_id": 1, "photo": "/etc/passwd"}, "photo", "GATEWAY_MEDIA_DIRS"),
+        ({"chat_id": 1, "document": "file:///etc/passwd"}, "document", "GATEWAY_MEDIA_DIRS"),
         ({"chat_id": 1, "photo": "not a file id"}, "photo", "file_id"),
         ({"chat_id": 1, "photo": 7}, "photo", "string"),
         ({"chat_id": 1, "photo": "AgAC", "caption": "c" * (CAPTION_LIMIT + 1)}, "caption", "1024"),
@@ -130,17 +132,33 @@ def test_null_fields_count_as_absent(one_bot):
     assert p.parts == [{"chat_id": 1, "text": "x"}]
 
 
-def test_media_values():
-    assert media_value("photo", "https://example.org/a.jpg") == "https://example.org/a.jpg"
-    assert media_value("photo", "AgACAgIAAxkBAAIB-_x") == "AgACAgIAAxkBAAIB-_x"
-    assert media_value("document", "/srv/files/a b%.pdf") == "file:///srv/files/a%20b%25.pdf"
-    assert media_value("document", "file:///srv/x.pdf") == "file:///srv/x.pdf"
+def test_media_values(tmp_path):
+    (tmp_path / "a b%.pdf").write_bytes(b"%PDF")
+    (tmp_path / "x.pdf").write_bytes(b"%PDF")
+    dirs = [tmp_path]
+    assert media_value("photo", "https://example.org/a.jpg", dirs) == "https://example.org/a.jpg"
+    assert media_value("photo", "AgACAgIAAxkBAAIB-_x", dirs) == "AgACAgIAAxkBAAIB-_x"
+    assert media_value("document", f"{tmp_path}/a b%.pdf", dirs) == (
+        f"file://{tmp_path}/a%20b%25.pdf"
+    )
+    assert media_value("document", f"file://{tmp_path}/x.pdf", dirs) == f"file://{tmp_path}/x.pdf"
+    # outside GATEWAY_MEDIA_DIRS (tests/gateway/test_media_dirs.py has the details)
+    with pytest.raises(InvalidRequest, match="GATEWAY_MEDIA_DIRS"):
+        media_value("document", "/etc/passwd", dirs)
 
 
-def test_media_plan(one_bot):
-    p = plan({"chat_id": 1, "document": "/tmp/r.pdf", "caption": "report"}, one_bot)
+def test_media_plan(tmp_path):
+    (tmp_path / "r.pdf").write_bytes(b"%PDF")
+    settings = load_settings(
+        {
+            "TELEGRAM_BOT_TOKENS": fake_token(11),
+            "GATEWAY_API_TOKEN": "t" * 20,
+            "GATEWAY_MEDIA_DIRS": str(tmp_path),
+        }
+    )
+    p = plan({"chat_id": 1, "document": f"{tmp_path}/r.pdf", "caption": "report"}, settings)
     assert p.method == "sendDocument"
-    assert p.parts == [{"chat_id": 1, "document": "file:///tmp/r.pdf", "caption": "report"}]
+    assert p.parts == [{"chat_id": 1, "document": f"file://{tmp_path}/r.pdf", "caption": "report"}]
 
 
 def test_a_marked_up_caption_is_left_to_telegram(one_bot):
