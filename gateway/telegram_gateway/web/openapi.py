@@ -45,8 +45,9 @@ def _media_schema(name: str) -> dict[str, Any]:
         "type": "string",
         "minLength": 1,
         "maxLength": 4096,
-        "description": f"The {name}: a file_id, an http(s) URL, or an absolute local path "
-        "(sent as file://; the local Bot API server reads it, up to 2000 MB).",
+        "description": f"The {name}: a file_id, an http(s) URL, or a local file as an absolute "
+        "path or a file:// URI (the local Bot API server reads it, up to 2000 MB), accepted "
+        "only when its real path lies inside GATEWAY_MEDIA_DIRS (else 400 naming the setting).",
     }
 
 
