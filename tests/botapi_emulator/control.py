@@ -10,6 +10,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from botapi_emulator import received
 from botapi_emulator.bots import BotState
 from botapi_emulator.constants import API_VERSION, EMULATOR_VERSION, HTTP_REASONS
 from botapi_emulator.encoding import json_bytes
@@ -42,6 +43,7 @@ class ControlApi:
             ("POST", "/chats"): self.post_chats,
             ("GET", "/updates"): self.get_updates,
             ("POST", "/updates"): self.post_updates,
+            ("POST", "/files"): self.post_files,
             ("GET", "/sent"): self.get_sent,
             ("GET", "/stats"): self.get_stats,
             ("GET", "/faults"): self.get_faults,
@@ -144,6 +146,10 @@ class ControlApi:
             if not isinstance(updates, list):
                 raise ControlError("updates must be a list (or use generate)")
         return self.emu.inject(bot, updates)
+
+    def post_files(self, query: dict[str, str], body: dict[str, Any]) -> Any:
+        """An update carrying a received file (photo, voice, document, video, audio)."""
+        return received.inject_file(self.emu, self._bot(body.get("bot_id")), body)
 
     def get_updates(self, query: dict[str, str], body: dict[str, Any]) -> Any:
         bot = self._bot(query.get("bot_id"))

@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from botapi_emulator import files
+from botapi_emulator import received
 from botapi_emulator.bots import BotState
 from botapi_emulator.chats import CHAT_TYPES, ChatState, chat_type_by_id
 from botapi_emulator.cli import Options
@@ -51,6 +51,12 @@ class Emulator:
         self.stats = Stats()
         self.files: dict[str, FileInfo] = {}
         self.downloads: dict[str, FileInfo] = {}
+        # received files (received.py): the working directory, tdlib's per-bot counters,
+        # and each bot's downloads by their path relative to the bot's directory
+        self.workdir = os.path.realpath(opts.dir or ".")
+        self.perm_file_ids: dict[int, int] = {}
+        self.tmp_file_ids: dict[int, int] = {}
+        self.downloads_by_bot: dict[tuple[int, str], FileInfo] = {}
         self.sent_seq = 0
         self.fault_seq = 0
         self.file_seq = 0
@@ -181,6 +187,7 @@ class Emulator:
         self.limits = Limits()
         self.files.clear()
         self.downloads.clear()
+        self.downloads_by_bot.clear()
         if self.journal:
             self.journal.record("reset", bots=bots)
         log.info("reset (bots too: %s)", bots)
@@ -237,7 +244,7 @@ class Emulator:
     def handle_api(self, req: Request) -> Handled:
         path = req.path
         if path.startswith("/file/bot"):
-            return self.counted(files.download(self, path))
+            return self.counted(received.serve_download(self, path))
         if not path.startswith("/bot"):
             return self.counted(error_response(404, "Not Found"))
         token, sep, method = path[4:].partition("/")

@@ -1,4 +1,4 @@
-"""Files: input files (upload, local path, URL, file_id), getFile, downloads, media fields."""
+"""Files: input files (upload, local path, URL, file_id) and media fields (getFile: received)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import re
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
-from botapi_emulator.bots import BotState
 from botapi_emulator.constants import UPLOAD_LIMIT_LOCAL
 from botapi_emulator.errors import ApiError
 from botapi_emulator.params import p_int, p_str
-from botapi_emulator.protocol import Handled, Params, Response, error_response, ok_response
+from botapi_emulator.protocol import Params
 from botapi_emulator.uploads import FileInfo, Upload
 
 if TYPE_CHECKING:
@@ -52,43 +51,6 @@ DEFAULT_MIME = {
     "animation": "video/mp4",
     "video_note": "video/mp4",
 }
-
-
-def get_file(emu: Emulator, bot: BotState, params: Params) -> Handled:
-    info = emu.files.get((p_str(params, "file_id") or "").strip())
-    if info is None:
-        raise ApiError(400, "Bad Request: invalid file_id")
-    result: dict[str, Any] = {
-        "file_id": info.file_id,
-        "file_unique_id": info.file_unique_id,
-        "file_size": info.size,
-    }
-    if info.path and emu.opts.local:
-        result["file_path"] = info.path
-    else:
-        for rel, known in emu.downloads.items():
-            if known is info:
-                result["file_path"] = rel
-                break
-    return ok_response(result)
-
-
-def download(emu: Emulator, path: str) -> Response:
-    """``/file/bot<token>/<file_path>`` (non-local mode serves uploaded files)."""
-    token, _, rel = path[len("/file/bot") :].partition("/")
-    try:
-        emu.authorize(token)
-    except ApiError as exc:
-        return error_response(exc.code, exc.description)
-    info = emu.downloads.get(rel)
-    if emu.opts.local or info is None or not info.path:
-        return error_response(404, "Not Found")
-    try:
-        with open(info.path, "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return error_response(404, "Not Found")
-    return Response(200, data, content_type=info.mime_type or "application/octet-stream")
 
 
 # ------------------------------------------------------------------ files -------

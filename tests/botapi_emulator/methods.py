@@ -11,9 +11,9 @@ from botapi_emulator import (
     chat_info,
     content,
     editing,
-    files,
     polling,
     queries,
+    received,
     sending,
 )
 from botapi_emulator.bots import BotState
@@ -56,7 +56,7 @@ _TABLE: dict[str, MethodHandler] = {
     "answerInlineQuery": queries.answer_inline_query,
     "getChat": chat_info.get_chat,
     "getChatMember": chat_info.get_chat_member,
-    "getFile": files.get_file,
+    "getFile": received.get_file,
 }
 for _kind, _method in MEDIA_METHODS.items():
     _TABLE[_method] = functools.partial(sending.send_media, kind=_kind)

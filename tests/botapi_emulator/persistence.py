@@ -10,6 +10,7 @@ import urllib.parse
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from botapi_emulator import received
 from botapi_emulator.bots import BotState
 from botapi_emulator.chats import ChatState
 from botapi_emulator.encoding import json_bytes
@@ -154,6 +155,8 @@ def _restore_record(emu: Emulator, record: dict[str, Any]) -> None:
             emu.retired_update_ids[bot.id] = bot.next_update_id
         if record.get("bots"):
             emu.bots.clear()
+        emu.files.clear()
+        emu.downloads_by_bot.clear()
         return
     bot = emu.bots.get(record["b"])
     if bot is None:
@@ -175,6 +178,10 @@ def _restore_record(emu: Emulator, record: dict[str, Any]) -> None:
         bot.allowed_updates = record["a"]
     elif kind == "wh":
         bot.webhook = record["w"]
+    elif kind == "rfile":
+        received.restore_file(emu, record)
+    elif kind == "rdl":
+        received.restore_download(emu, bot, record)
 
 
 def snapshot(emu: Emulator) -> Iterable[bytes]:
@@ -209,3 +216,5 @@ def snapshot(emu: Emulator) -> Iterable[bytes]:
             )
             + b"\n"
         )
+    for kind, record in received.snapshot_records(emu):
+        yield json_bytes({"t": kind, **record}) + b"\n"

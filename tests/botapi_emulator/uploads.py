@@ -34,3 +34,8 @@ class FileInfo:
     name: str | None = None
     mime_type: str | None = None
     path: str | None = None  # a readable local file, when there is one
+    # received files only (received.py): the media kind, the bot it was sent to, and
+    # where the emulator keeps the sent bytes (``path`` is then the bot's downloaded copy)
+    kind: str | None = None
+    bot_id: int | None = None
+    blob: str | None = None

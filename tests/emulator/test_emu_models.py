@@ -419,3 +419,33 @@ def test_unknown_future_fields_are_the_only_extras(bot: BotHandle) -> None:
     updates = TypeAdapter(list[aiogram.types.Update]).validate_python(served)
     extras = {path.rpartition(".")[2] for path in unknown_fields(updates)}
     assert extras == {"x_future_field", "x_future_message_field"}
+
+
+RECEIVED_SAMPLES = [
+    ("photo", b"\xff\xd8\xff\xe0jpeg", None, None),
+    ("voice", b"OggS voice", None, None),
+    ("document", b"%PDF-1.4 doc", "a.pdf", None),
+    ("video", b"\x00\x00\x00\x18ftypmp42", "v.mp4", "video/mp4"),
+    ("audio", b"ID3 song", "s.mp3", "audio/mpeg"),
+]
+
+
+def test_every_received_file_update_parses(scene: Scene) -> None:
+    """Updates carrying received media (emulator control call ``/files``) in every chat type,
+    and the getFile answers for them, are what the Bot API models define."""
+    bot = scene.bot
+    injected = [
+        bot.emu.inject_file(bot.token, kind, data, chat_id, name, mime)
+        for chat_id in (PRIVATE, GROUP, SUPERGROUP, CHANNEL)
+        for kind, data, name, mime in RECEIVED_SAMPLES
+    ]
+    served = bot.ok("getUpdates", offset=injected[0]["update_id"])
+    assert [u["update_id"] for u in served] == [i["update_id"] for i in injected]
+    updates = parse_result("getUpdates", served)
+    for update, raw in zip(updates, served, strict=True):
+        message = update.message or update.channel_post
+        assert message is not None, raw
+        kind = next(k for k, *_ in RECEIVED_SAMPLES if getattr(message, k) is not None)
+        assert kind in (raw.get("message") or raw["channel_post"]), raw
+    for item in injected:
+        parse_result("getFile", bot.ok("getFile", file_id=item["file_id"]))

@@ -16,6 +16,7 @@ The control API is reached on the separate ``--control-port`` listener (``contro
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -254,6 +255,33 @@ class EmulatorProcess:
 
     def inject(self, bot_id: int, updates: list[dict[str, Any]]) -> dict[str, Any]:
         return self._result("POST", "/updates", {"bot_id": bot_id, "updates": updates})
+
+    def inject_file(
+        self,
+        token: str,
+        kind: str,
+        data: bytes,
+        chat_id: int,
+        file_name: str | None = None,
+        mime_type: str | None = None,
+    ) -> dict[str, Any]:
+        """Inject an update whose message carries a received ``kind`` (photo, voice, document,
+        video, audio) holding ``data``: ``{"update_id", "message_id", "file_id",
+        "file_unique_id", "file_size", "message"}``. ``getFile`` then downloads it into the
+        bot's directory as the real server does (tests/emulator/README.md)."""
+        body: dict[str, Any] = {
+            "bot_id": int(token.partition(":")[0]),
+            "kind": kind,
+            "data": base64.b64encode(data).decode("ascii"),
+            "chat_id": chat_id,
+            "file_name": file_name,
+            "mime_type": mime_type,
+        }
+        return self._result("POST", "/files", body)
+
+    def bot_dir(self, token: str) -> Path:
+        """The bot's directory of the real server's layout: ``<dir>/<bot id>~<secret>``."""
+        return self.dir.resolve() / token.replace(":", "~")
 
     def generate(
         self, bot_id: int, count: int, kinds: Iterable[str] = ("message",), **options: Any
