@@ -60,8 +60,10 @@ def bot_folder(stack: Stack, absolute: str) -> Path:
         ("document", b"%PDF-1.4\n% getFile over NATS\n", "report.pdf", "application/pdf"),
         ("voice", b"OggS\x00\x02" + bytes(range(200)), None, "audio/ogg"),
         ("photo", b"\xff\xd8\xff\xe0" + b"\x10JFIF" * 40, None, None),
+        ("video", b"\x00\x00\x00\x18ftypmp42" + bytes(300), "clip.mp4", "video/mp4"),
+        ("audio", b"ID3\x04\x00" + bytes(range(256)), "song.mp3", "audio/mpeg"),
     ],
-    ids=["document", "voice", "photo"],
+    ids=["document", "voice", "photo", "video", "audio"],
 )
 def test_get_file_over_nats_names_a_received_file_without_the_token(
     out, kind, data, file_name, mime_type
