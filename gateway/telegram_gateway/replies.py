@@ -18,8 +18,8 @@ included -- comes out of :class:`~telegram_gateway.sender.Sender`, which hands e
    as they are; the rest of the File object is never touched.
 2. **Any secret anywhere.** Every answer's bytes are checked for the secret of every configured
    token (one ``bytes in`` per token: the secret is plain base64url, which JSON never escapes;
-   it covers the ``<id>:<secret>`` and ``<id>~<secret>`` forms alike). On a hit -- which should
-   never happen -- every string in the answer is redacted with
+   it covers the ``<id>:<secret>`` and ``<id>~<secret>`` forms alike). On a hit -- never in normal
+   operation; an agent would have to send a token itself -- every string is redacted with
    :func:`telegram_gateway.redact.redact` (keys and nested values included), the answer is
    re-encoded, the counter ``telegram_gateway_reply_redactions`` goes up and a warning names
    the bot and the method (never the secret). Should a secret survive that (it would have to
