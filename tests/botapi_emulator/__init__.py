@@ -18,6 +18,8 @@ One module per concern:
 - ``emulator``: ``Emulator``, all state and the Bot API dispatch; ``methods`` names the Bot
   API methods, implemented in ``account``, ``polling``, ``sending``, ``files`` on top of
   ``messages`` (chats, parse modes, keyboards, replies, flood control) and ``params``;
+- ``received``: files users send (injected media) and ``getFile``, which downloads them into
+  the real server's per-bot directory layout with tdlib's file modes;
 - ``control``: the control API (``/_emulator/...``);
 - ``httpserver``: the asyncio HTTP/1.1 server (keep-alive, Content-Length and chunked bodies,
   query / urlencoded / JSON / multipart parameters);

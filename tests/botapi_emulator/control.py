@@ -107,6 +107,8 @@ class ControlApi:
             "api_version": API_VERSION,
             "pid": os.getpid(),
             "local": self.emu.opts.local,
+            "dir": self.emu.workdir,
+            "allow_colon_in_filenames": self.emu.allow_colon_in_filenames,
             "uptime": round(time.time() - self.emu.started, 3),
         }
 

@@ -54,6 +54,8 @@ class Emulator:
         # received files (received.py): the working directory, tdlib's per-bot counters,
         # and each bot's downloads by their path relative to the bot's directory
         self.workdir = os.path.realpath(opts.dir or ".")
+        # telegram-bot-api's default; service.py probes the file system as the real one does
+        self.allow_colon_in_filenames = True
         self.perm_file_ids: dict[int, int] = {}
         self.tmp_file_ids: dict[int, int] = {}
         self.downloads_by_bot: dict[tuple[int, str], FileInfo] = {}

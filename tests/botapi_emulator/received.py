@@ -1,16 +1,17 @@
 """Received files: media a user sends (injected), and their download by ``getFile``.
 
-The real server keeps what ``getFile`` downloads in its per-bot directory,
-``<dir>/<bot id>~<secret>/`` (telegram-bot-api ``Client.cpp``: ``dir_ = working_directory +
-token`` with ``:`` replaced by ``~``; tdlib's ``files_directory`` defaults to that
-``database_directory``). tdlib writes the bytes to ``temp/<tmp_file_id>`` and renames them to
-``<kind folder>/file_<perm_file_id>.<ext>`` (``FileLoaderUtils.cpp``: ``open_temp_file``,
-``create_from_temp``; the Bot API sets the option ``ignore_file_names``, so the stem is never
-the sender's file name). Both counters are per bot (tdlib's binlog ``pmc``), shared by all
-folders. Files are opened ``O_CREAT|O_EXCL`` with mode 0640 and folders made with 0750, both
-under the process umask (``try_create_new_file``). ``getFile`` answers the absolute path in
-``--local`` mode and the path relative to the bot's directory otherwise
-(``Client::json_store_file``).
+The real server keeps what ``getFile`` downloads in its per-bot directory, ``<dir>/<bot
+id>:<secret>/`` (telegram-bot-api ``Client.cpp``: ``dir_ = working_directory + token``, with
+``:`` replaced by ``~`` only where the file system refuses a colon in a directory name,
+which ``telegram-bot-api.cpp`` probes at start-up with ``mkdtemp(dir, "1:a")``; tdlib's
+``files_directory`` defaults to that ``database_directory``). tdlib writes the bytes to
+``temp/<tmp_file_id>`` and renames them to ``<kind folder>/file_<perm_file_id>.<ext>``
+(``FileLoaderUtils.cpp``: ``open_temp_file``, ``create_from_temp``; the Bot API sets the
+option ``ignore_file_names``, so the stem is never the sender's file name). Both counters
+are per bot (tdlib's binlog ``pmc``), shared by all folders. Files are opened
+``O_CREAT|O_EXCL`` with mode 0640 and folders made with 0750, both under the process umask
+(``try_create_new_file``). ``getFile`` answers the absolute path in ``--local`` mode and the
+path relative to the bot's directory otherwise (``Client::json_store_file``).
 
 The sent bytes ("Telegram's copy") are kept in ``<dir>/botapi-emulator.files/``; a file's
 metadata and download are journal records, so they survive a restart like the update that
@@ -23,6 +24,7 @@ import base64
 import binascii
 import mimetypes
 import os
+import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -237,8 +239,19 @@ def download(emu: Emulator, bot: BotState, info: FileInfo) -> str:
 
 
 def bot_directory(emu: Emulator, bot: BotState) -> str:
-    """``<dir>/<bot id>~<secret>`` (``:`` in the token replaced by ``~``)."""
-    return os.path.join(emu.workdir, bot.token.replace(":", "~"))
+    """``<dir>/<token>``, ``:`` replaced by ``~`` where the file system refuses it."""
+    name = bot.token if emu.allow_colon_in_filenames else bot.token.replace(":", "~")
+    return os.path.join(emu.workdir, name)
+
+
+def colon_allowed(workdir: str) -> bool:
+    """The real server's start-up probe: can a directory name in ``workdir`` hold a ``:``?"""
+    try:
+        probe = tempfile.mkdtemp(prefix="1:a", dir=workdir)
+    except OSError:
+        return False
+    os.rmdir(probe)
+    return True
 
 
 def relative_path(emu: Emulator, bot: BotState, path: str) -> str:

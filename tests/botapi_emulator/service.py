@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 
+from botapi_emulator import received
 from botapi_emulator.cli import Options
 from botapi_emulator.constants import (
     API_VERSION,
@@ -297,6 +298,7 @@ def load_state(emu: Emulator, journal: Journal) -> None:
 async def serve(opts: Options, workdir: str, temp_dir: str, tokens: list[str]) -> int:
     journal = Journal(os.path.join(workdir, JOURNAL_NAME))
     emu = Emulator(opts, temp_dir, journal)
+    emu.allow_colon_in_filenames = received.colon_allowed(workdir)
     load_state(emu, journal)
     for token in tokens:
         try:

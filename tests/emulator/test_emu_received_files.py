@@ -1,9 +1,10 @@
 """Received files: injected media and ``getFile`` in the real server's layout and modes.
 
-The real server (``--local``) downloads a received file into ``<dir>/<bot id>~<secret>/
-<kind folder>/file_<n>.<ext>`` with tdlib's modes (file 0640, folders 0750, under the
-umask) and answers that absolute path; without ``--local`` the path relative to the bot's
-folder, served by ``/file/bot<token>/<path>``. Sources: tests/emulator/README.md.
+The real server (``--local``) downloads a received file into ``<dir>/<bot id>:<secret>/
+<kind folder>/file_<n>.<ext>`` (``~`` for ``:`` where the file system refuses a colon) with
+tdlib's modes (file 0640, folders 0750, under the umask) and answers that absolute path;
+without ``--local`` the path relative to the bot's folder, served by
+``/file/bot<token>/<path>``. Sources: tests/emulator/README.md.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class TestReceivedUnit:
 
     def test_one_counter_per_bot_across_folders(self, tmp_path: Path, umask: int) -> None:
         emu, bot, token = in_process(tmp_path)
-        bot_dir = tmp_path.resolve() / token.replace(":", "~")
+        bot_dir = tmp_path.resolve() / token  # Linux file systems take the colon
         paths = [get_path(emu, bot, inject(emu, bot, kind)["file_id"]) for kind in SAMPLES]
         expected = [
             str(bot_dir / folder / f"file_{n}{ext}")
@@ -114,6 +115,18 @@ class TestReceivedUnit:
         assert stat.S_IMODE(path.stat().st_mode) == 0o640 & ~mask
         for folder in (path.parent, path.parent.parent, path.parent.parent / "temp"):
             assert stat.S_IMODE(folder.stat().st_mode) == 0o750 & ~mask, folder
+
+    def test_colon_probe_and_the_tilde_fallback(self, tmp_path: Path) -> None:
+        emu, bot, token = in_process(tmp_path)
+        assert received.colon_allowed(str(tmp_path)) is True
+        assert os.listdir(tmp_path) == []  # the probe leaves nothing behind
+        assert not received.colon_allowed(str(tmp_path / "missing"))
+        assert received.bot_directory(emu, bot) == str(tmp_path.resolve() / token)
+        emu.allow_colon_in_filenames = False
+        bot_id, _, secret = token.partition(":")
+        assert received.bot_directory(emu, bot) == str(tmp_path.resolve() / f"{bot_id}~{secret}")
+        path = get_path(emu, bot, inject(emu, bot, "document")["file_id"])
+        assert path == str(tmp_path.resolve() / f"{bot_id}~{secret}" / "documents" / "file_0.pdf")
 
     def test_same_path_again_and_a_new_one_when_deleted(self, tmp_path: Path) -> None:
         emu, bot, _ = in_process(tmp_path)
@@ -191,6 +204,7 @@ class TestReceivedThroughTheProcess:
     def test_local_get_file_of_every_kind(self, bot: BotHandle) -> None:
         emu = bot.emu
         bot_dir = emu.bot_dir(bot.token)
+        assert bot_dir == emu.dir.resolve() / bot.token  # this file system takes the colon
         mask = current_umask()  # the emulator inherits it
         for n, (kind, (data, name, mime, folder, ext)) in enumerate(SAMPLES.items()):
             injected = emu.inject_file(bot.token, kind, data, PRIVATE, name, mime)

@@ -280,8 +280,12 @@ class EmulatorProcess:
         return self._result("POST", "/files", body)
 
     def bot_dir(self, token: str) -> Path:
-        """The bot's directory of the real server's layout: ``<dir>/<bot id>~<secret>``."""
-        return self.dir.resolve() / token.replace(":", "~")
+        """The bot's directory in the real server's layout: ``<dir>/<bot id>:<secret>``, or
+        ``<bot id>~<secret>`` where the file system refuses a colon (the emulator probes it
+        at start-up as telegram-bot-api does and says so in ``/ping``)."""
+        ping = self._result("GET", "/ping")
+        name = token if ping["allow_colon_in_filenames"] else token.replace(":", "~")
+        return Path(ping["dir"]) / name
 
     def generate(
         self, bot_id: int, count: int, kinds: Iterable[str] = ("message",), **options: Any
