@@ -138,7 +138,7 @@ def inject_file(emu: Emulator, bot: BotState, spec: dict[str, Any]) -> dict[str,
     if kind in ("document", "video", "audio") and mime is None and name:
         mime = mimetypes.guess_type(name)[0]
     mime = mime or DEFAULT_MIME.get(kind)
-    if kind == "photo" or kind == "voice":
+    if kind in ("photo", "voice"):
         name = None  # Telegram keeps no file name for these
     if kind == "photo":
         mime = None
@@ -183,7 +183,7 @@ def media_object(kind: str, info: FileInfo, spec: dict[str, Any]) -> Any:
         width, height = _int(spec, "width", 800), _int(spec, "height", 600)
         return [{**ids, "width": width, "height": height, "file_size": info.size}]
     media: dict[str, Any] = dict(ids)
-    if kind in ("video",):
+    if kind == "video":
         media["width"], media["height"] = _int(spec, "width", 640), _int(spec, "height", 360)
     if kind in ("voice", "video", "audio"):
         media["duration"] = _int(spec, "duration", 1)
