@@ -173,6 +173,8 @@ def _media_dirs(value: str) -> tuple[Path, ...]:
                 f"entry {position} ({item[:64]!r}) is not an absolute directory; give "
                 "colon separated absolute directories such as /var/lib/telegram-gateway/outbox"
             )
+        if os.path.normpath(item) in ("/", "//"):
+            raise ValueError(f"entry {position} is the root directory: it would allow every file")
         dirs.append(Path(os.path.normpath(item)))
     return tuple(dict.fromkeys(dirs))
 

@@ -239,6 +239,11 @@ CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
         {"telegram_gateway_media_dirs": ["/srv/a:/srv/b"]},
         "telegram_gateway_media_dirs",
     ),
+    "gateway_media_dir_root": (
+        "telegram_gateway",
+        {"telegram_gateway_media_dirs": ["/"]},
+        "telegram_gateway_media_dirs",
+    ),
     "gateway_media_dir_in_tmp": (
         "telegram_gateway",
         {"telegram_gateway_media_dirs": ["/tmp/outbox"]},

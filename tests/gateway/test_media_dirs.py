@@ -227,6 +227,8 @@ def test_media_dirs_and_api_dir_settings(tmp_path):
         with pytest.raises(ConfigError) as info:
             load_settings({**base, name: value})
         assert name in str(info.value) and "absolute" in str(info.value)
+    with pytest.raises(ConfigError, match="GATEWAY_MEDIA_DIRS entry 2 is the root directory"):
+        load_settings({**base, "GATEWAY_MEDIA_DIRS": "/srv/a:/"})
 
 
 # ---- integration: a running gateway ------------------------------------------------------------
