@@ -5,7 +5,8 @@ its own filesystem, as its own user. Without a check, ``/send`` and ``telegram.o
 would send any file that user can read (``/etc/passwd``, the server's per-bot state). Here a
 value that names a local file is allowed only when its real path -- symlinks and ``..``
 resolved, as the kernel resolves them -- lies strictly inside one of the configured
-directories and is a regular file; anything else is :class:`InvalidRequest` (HTTP 400, or a
+directories and is a regular file (or does not exist: the Bot API then answers ``file not
+found``); anything else is :class:`InvalidRequest` (HTTP 400, or a
 400 envelope on NATS) naming ``GATEWAY_MEDIA_DIRS`` and the field, before anything is sent.
 
 What counts as a local file, read the way the real server reads it (``Client.cpp``:
@@ -114,23 +115,27 @@ def check_value(field: str, value: str, dirs: Iterable[Path]) -> str | None:
             field,
             f"a local file must be an absolute path or a file:/// URI inside {SETTING} ({where})",
         )
+    absolute = "/" + path.lstrip("/")
+    missing = False
     try:
-        real = os.path.realpath("/" + path.lstrip("/"), strict=True)
+        real = os.path.realpath(absolute, strict=True)
+    except FileNotFoundError:
+        # as far as it exists, resolved (a dangling symlink too); the same answer for a
+        # missing file as for an existing one outside: no way to probe what exists
+        real, missing = os.path.realpath(absolute), True
     except (OSError, ValueError):
-        raise InvalidRequest(
-            field,
-            f"local file not found (or not visible to the gateway); local files are sent only "
-            f"from {SETTING} ({where})",
-        ) from None
-    if not any(_inside(real, directory) for directory in allowed):
+        real = None  # a directory the gateway may not search, a symlink loop, ...
+    if real is None or not any(_inside(real, directory) for directory in allowed):
+        if real is None and any(_inside(os.path.realpath(absolute), d) for d in allowed):
+            raise InvalidRequest(
+                field, f"the gateway cannot look this path up inside {SETTING} ({where})"
+            )
         raise InvalidRequest(
             field, f"local file outside {SETTING}: local files are sent only from {where}"
         )
-    try:
-        mode = os.stat(real).st_mode
-    except OSError:
-        mode = 0
-    if not stat.S_ISREG(mode):
+    if missing:
+        return real  # inside: the Bot API answers "file not found", as for any missing file
+    if not stat.S_ISREG(os.stat(real).st_mode):
         raise InvalidRequest(field, f"not a regular file (inside {SETTING})")
     return real
 

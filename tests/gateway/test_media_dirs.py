@@ -131,9 +131,30 @@ def test_the_directory_itself_a_missing_file_and_a_nul_are_refused(tree):
     out = tree["out"]
     refused("document", str(out), [out])
     refused("document", str(out / "sub"), [out], "regular file")
-    refused("document", str(out / "missing.txt"), [out], "not found")
+    refused("document", f"{out}/sub/../../outbox/missing.txt", [out])
+    refused("document", str(tree["root"] / "missing.txt"), [out])  # outside, whether or not
+    # missing inside: the Bot API's "file not found", as for any missing file
+    assert check_value("document", str(out / "missing.txt"), [out]) == str(out / "missing.txt")
     refused("document", f"file://{out}/ok.txt%00.png", [out], "NUL")
     refused("document", "/etc/passwd", [], "none configured")
+
+
+@pytest.mark.unit
+def test_a_symlink_the_gateway_cannot_look_up_is_refused(tree):
+    out = tree["out"]
+    (out / "loop").symlink_to(out / "loop")
+    refused("document", str(out / "loop"), [out], "cannot look this path up")
+    (out / "dangling").symlink_to(tree["root"] / "not-yet" / "passwd")
+    refused("document", str(out / "dangling"), [out])
+    if os.geteuid() != 0:  # root searches any directory
+        hidden = out / "hidden"
+        hidden.mkdir()
+        (hidden / "link").symlink_to(tree["secret"])
+        hidden.chmod(0o000)
+        try:
+            refused("document", str(hidden / "link"), [out], "cannot look this path up")
+        finally:
+            hidden.chmod(0o700)
 
 
 @pytest.mark.unit

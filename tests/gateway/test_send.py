@@ -271,9 +271,10 @@ def test_document_uploaded_as_multipart(out, big_file):
     assert again["result"][0]["document"]["file_id"] == file_id
 
 
-def test_a_missing_local_file_is_telegrams_400(out, tmp_path):
+def test_a_missing_local_file_is_telegrams_400(out, big_file):
+    # inside GATEWAY_MEDIA_DIRS (the outbox of big_file); outside it is the gateway's 400
     status, answer, _ = out.send(
-        {"bot": BOT, "chat_id": chat(9), "document": str(tmp_path / "nope.pdf")}
+        {"bot": BOT, "chat_id": chat(9), "document": str(big_file.parent / "nope.pdf")}
     )
     assert status == 400 and answer["description"] == "Bad Request: file not found"
 
