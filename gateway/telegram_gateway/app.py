@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from telegram_gateway import logs
 from telegram_gateway.config import Settings, load_settings
 from telegram_gateway.service import Gateway
+from telegram_gateway.web import files as files_web
 from telegram_gateway.web import health
 from telegram_gateway.web import metrics as metrics_web
 from telegram_gateway.web import openapi as openapi_web
@@ -54,6 +55,7 @@ def create_app(
     app.register_blueprint(health.blueprint)
     app.register_blueprint(metrics_web.blueprint)
     app.register_blueprint(send_web.blueprint)
+    app.register_blueprint(files_web.blueprint)
     app.register_blueprint(openapi_web.blueprint)
     _register_error_handlers(app)
     return app

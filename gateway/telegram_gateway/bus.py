@@ -30,6 +30,7 @@ remembers which updates are already stored.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -39,14 +40,24 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, BinaryIO, TypeVar
 
 import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    DiscardPolicy,
+    ObjectInfo,
+    ObjectMeta,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.object_store import OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE
 
 from telegram_gateway.config import Settings
 from telegram_gateway.errors import BusError, BusUnavailable, PublishFailed
@@ -57,6 +68,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 INBOUND_SUBJECTS = "telegram.in.>"
 PUBLISH_ATTEMPTS = 5
+#: the Object Store bucket of received files (stream ``OBJ_TELEGRAM_FILES``)
+FILES_BUCKET = "TELEGRAM_FILES"
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,17 @@ class Request:
     subject: str
     data: bytes
     headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object of the Object Store: its bucket, name, size and how long ago it was put."""
+
+    bucket: str
+    name: str
+    size: int
+    digest: str | None
+    age: float
 
 
 Handler = Callable[[Request], bytes]
@@ -161,6 +185,7 @@ class Bus:
         self._batch_ids = itertools.count(1)
         self._connected = False
         self._stream_ready = False
+        self._files_ready = False
         self._stopping = False
         self._last_error: str | None = None
         self._disconnected_since: float | None = time.monotonic()
@@ -235,6 +260,8 @@ class Bus:
             "connected": self._connected,
             "stream": self.settings.stream_name,
             "stream_ready": self._stream_ready,
+            "files_bucket": FILES_BUCKET,
+            "files_bucket_ready": self._files_ready,
             "reconnects": self._reconnects,
             "disconnected_for_s": down_for,
             "last_error": self._last_error,
@@ -260,6 +287,22 @@ class Bus:
         if not self._connected:
             raise BusUnavailable("not connected to NATS")
         self.run(self._publish_core(messages), self.settings.publish_timeout)
+
+    # ---- the Object Store of received files ---------------------------------------------------
+    def find_object(self, name: str) -> StoredObject | None:
+        """The object ``name`` of :data:`FILES_BUCKET`, None when absent (or deleted)."""
+        if not self._connected:
+            raise BusUnavailable("not connected to NATS")
+        return self.run(self._find_object(name), self.settings.publish_timeout + 2)
+
+    def put_object(
+        self, name: str, reader: BinaryIO, description: str, timeout: float
+    ) -> StoredObject:
+        """Store what ``reader`` holds as ``name`` in :data:`FILES_BUCKET` (chunked by nats-py's
+        object store, each chunk a JetStream publish); replaces an object of that name."""
+        if not self._connected:
+            raise BusUnavailable("not connected to NATS")
+        return self.run(self._put_object(name, reader, description), timeout)
 
     # ---- serving ---------------------------------------------------------------------------
     def serve(self, subject: str, handler: Handler, queue: str | None = None) -> None:
@@ -317,6 +360,7 @@ class Bus:
         self._disconnected_since = None
         logger.info("NATS %s (%s)", "connected" if first else "reconnected", self._server_url())
         await self._ensure_stream()
+        await self._ensure_files_bucket()
         for listener in self._state_listeners:
             listener(True)
 
@@ -375,6 +419,65 @@ class Bus:
         except Exception as exc:
             self._stream_ready = False
             self._note_error(f"cannot create or update stream {s.stream_name}: {exc}")
+
+    async def _ensure_files_bucket(self) -> None:
+        """Create the Object Store bucket of received files, or update its age and size."""
+        assert self._nc is not None
+        s = self.settings
+        js = self._nc.jetstream()
+        stream = OBJ_STREAM_TEMPLATE.format(bucket=FILES_BUCKET)
+        try:
+            try:
+                info = await js.stream_info(stream)
+            except nats.js.errors.NotFoundError:
+                await js.create_object_store(
+                    FILES_BUCKET,
+                    ObjectStoreConfig(
+                        description="files users sent, fetched for agents by the gateway",
+                        ttl=s.files_ttl,
+                        max_bytes=s.files_bucket_max_bytes,
+                        storage=StorageType.FILE,
+                        replicas=1,
+                    ),
+                )
+                logger.info("created JetStream object store %s", FILES_BUCKET)
+            else:
+                config = info.config
+                if (
+                    abs((config.max_age or 0) - s.files_ttl) > 0.001
+                    or config.max_bytes != s.files_bucket_max_bytes
+                ):
+                    await js.update_stream(
+                        config.evolve(max_age=s.files_ttl, max_bytes=s.files_bucket_max_bytes)
+                    )
+            self._files_ready = True
+        except Exception as exc:
+            self._files_ready = False
+            self._note_error(f"cannot create or update object store {FILES_BUCKET}: {exc}")
+
+    async def _find_object(self, name: str) -> StoredObject | None:
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        subject = OBJ_META_PRE_TEMPLATE.format(
+            bucket=FILES_BUCKET, obj=base64.urlsafe_b64encode(name.encode()).decode()
+        )
+        try:
+            msg = await js.get_last_msg(OBJ_STREAM_TEMPLATE.format(bucket=FILES_BUCKET), subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        info = ObjectInfo.from_response(json.loads(msg.data or b"{}"))
+        if info.deleted:
+            return None
+        age = 0.0
+        if msg.time is not None:
+            age = max(0.0, (datetime.now(UTC) - msg.time).total_seconds())
+        return StoredObject(FILES_BUCKET, name, int(info.size or 0), info.digest, age)
+
+    async def _put_object(self, name: str, reader: BinaryIO, description: str) -> StoredObject:
+        assert self._nc is not None
+        store = await self._nc.jetstream().object_store(FILES_BUCKET)
+        info = await store.put(name, reader, meta=ObjectMeta(name=name, description=description))
+        return StoredObject(FILES_BUCKET, name, int(info.size or 0), info.digest, 0.0)
 
     async def _on_ack(self, msg: Msg) -> None:
         batch, _, index = msg.subject[len(self._ack_prefix) :].rpartition(".")

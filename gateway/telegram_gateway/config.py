@@ -72,6 +72,11 @@ class Settings:
     media_dirs: tuple[Path, ...] = ()
     # the Bot API server's --dir (received files are read only below it)
     telegram_api_dir: Path = Path("/var/lib/telegram-bot-api")
+    # received files agents fetch: the largest one stored in TELEGRAM_FILES, how long it is
+    # kept and the bucket's size (see telegram_gateway.files)
+    files_max_bytes: int = 100 * 1024**2
+    files_ttl: float = 86400.0
+    files_bucket_max_bytes: int = 1024**3
 
     def bot(self, ref: str | int | None) -> BotConfig | None:
         """The bot named by id or configured name; the only bot when ``ref`` is None."""
@@ -439,6 +444,27 @@ SETTINGS: tuple[Setting, ...] = (
         "/var/lib/telegram-bot-api",
         "the Bot API server's --dir (absolute); received files are read only below it",
     ),
+    Setting(
+        "GATEWAY_FILES_MAX_BYTES",
+        "files_max_bytes",
+        _integer(1, 2000 * 1024**2),
+        str(100 * 1024**2),
+        "largest received file stored in the Object Store TELEGRAM_FILES, bytes",
+    ),
+    Setting(
+        "GATEWAY_FILES_TTL",
+        "files_ttl",
+        _number(60, 365 * 86400),
+        "86400",
+        "seconds a file stays in TELEGRAM_FILES (the bucket's max age)",
+    ),
+    Setting(
+        "GATEWAY_FILES_BUCKET_MAX_BYTES",
+        "files_bucket_max_bytes",
+        _integer(1024**2, 1024**5),
+        str(1024**3),
+        "bytes TELEGRAM_FILES may hold in all (>= GATEWAY_FILES_MAX_BYTES)",
+    ),
 )
 
 
@@ -468,6 +494,11 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = 
                 values[key] = value
     if not problems and not values.get("media_dirs"):
         values["media_dirs"] = (Path(os.path.abspath(values["state_dir"])) / "outbox",)
+    if not problems and values["files_bucket_max_bytes"] < values["files_max_bytes"]:
+        problems.append(
+            "GATEWAY_FILES_BUCKET_MAX_BYTES must be at least GATEWAY_FILES_MAX_BYTES "
+            f"({values['files_bucket_max_bytes']} < {values['files_max_bytes']})"
+        )
     if not problems and bool(values.get("nats_user")) != bool(values.get("nats_password")):
         problems.append("NATS_USER and NATS_PASSWORD must be set together")
     if problems:

@@ -107,6 +107,18 @@ SEND_SECONDS = Histogram(
     ["method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+# ---- received files -> agents -----------------------------------------------------------------
+FILES = Counter(
+    PREFIX + "files",
+    "Received files asked for, by path (nats, http, route) and outcome "
+    "(stored, reused, streamed, too_large, failed)",
+    ["bot", "via", "outcome"],
+)
+FILES_BYTES = Counter(
+    PREFIX + "files_bytes",
+    "Bytes of received files stored in TELEGRAM_FILES or streamed over HTTP",
+    ["bot", "via"],
+)
 REPLY_REDACTIONS = Counter(
     PREFIX + "reply_redactions",
     "Bot API answers that held a configured bot token's secret and were redacted before "

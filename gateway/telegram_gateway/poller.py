@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from telegram_gateway import metrics
@@ -51,6 +51,9 @@ from telegram_gateway.errors import BotApiError, BotApiTimeout, BusError, Telegr
 from telegram_gateway.health import Check
 from telegram_gateway.routing import Router
 from telegram_gateway.updates import UpdateInfo, describe
+
+if TYPE_CHECKING:
+    from telegram_gateway.files import ReceivedFiles
 
 logger = logging.getLogger(__name__)
 
@@ -207,12 +210,14 @@ class Poller:
         bus: Bus,
         router: Router | None = None,
         clock: Callable[[], float] = time.time,
+        files: ReceivedFiles | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.bot = client.bot
         self.bus = bus
         self.router = router or Router()
+        self.files = files  # stores the files of updates that a store_files rule matches
         self.clock = clock
         self.pid = os.getpid()
         self.label = self.bot.label
@@ -536,6 +541,11 @@ class Poller:
         names: list[str] = []
         for info, payload in batch.items:
             targets = self.router.targets(info)
+            if self.files is not None and any(route.store_files for route, _ in targets):
+                if not self.bus.connected:
+                    return "NATS disconnected (the files of a store_files rule wait)"
+                # the copy follows the files: an agent finds them stored
+                self.files.store_update_files(self.bot, json.loads(payload))
             if targets:
                 headers = info.headers()
                 for route, subject in targets:

@@ -15,6 +15,8 @@ its values. The file (``GATEWAY_ROUTES_FILE``) is YAML::
           command: /ask                # "/ask" and "/ask@anybot" at the start of the text
           text_regex: "(?i)urgent"     # Python regex searched in the text or caption
         subjects: [agents.helper.inbox]
+        store_files: true              # optional: store the update's files in TELEGRAM_FILES
+                                       # (key: file_unique_id) before the copy is sent
 
 An invalid file stops start-up with a :class:`ConfigError` naming the rule (position and
 name) and the field. Nothing here does I/O after loading, and nothing imports Flask.
@@ -37,7 +39,7 @@ from telegram_gateway.updates import UpdateInfo
 
 CHAT_TYPES = ("private", "group", "supergroup", "channel", "sender")
 MATCH_FIELDS = ("bot", "update_type", "chat_id", "chat_type", "command", "text_regex")
-RULE_FIELDS = ("name", "match", "subjects")
+RULE_FIELDS = ("name", "match", "subjects", "store_files")
 _COMMAND = re.compile(r"^/[A-Za-z0-9_]{1,32}$")
 _UPDATE_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _SUBJECT = re.compile(r"^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$")
@@ -75,6 +77,7 @@ class Route:
     name: str
     match: Match
     subjects: tuple[str, ...]
+    store_files: bool = False
 
 
 def command_of(text: str | None) -> str | None:
@@ -190,7 +193,15 @@ def _parse_rule(rule: Any, bots: list[BotConfig]) -> Route:
             raise _RuleError(
                 f"subjects: {subject!r} is inside telegram.in.>, the stream's own subjects"
             )
-    return Route(name=name.strip(), match=_parse_match(match, bots), subjects=tuple(subjects))
+    store_files = rule.get("store_files", False)
+    if not isinstance(store_files, bool):
+        raise _RuleError("store_files: must be true or false")
+    return Route(
+        name=name.strip(),
+        match=_parse_match(match, bots),
+        subjects=tuple(subjects),
+        store_files=store_files,
+    )
 
 
 def _list(value: Any) -> list[Any]:

@@ -16,6 +16,7 @@ from telegram_gateway import SERVICE_NAME, metrics
 from telegram_gateway.botapi import BotApi, BotApiClient
 from telegram_gateway.bus import Bus
 from telegram_gateway.config import Settings
+from telegram_gateway.files import ReceivedFiles
 from telegram_gateway.health import BotApiProbe, Check, Component
 from telegram_gateway.idempotency import IdempotencyStore
 from telegram_gateway.nats_api import OutboundService
@@ -45,8 +46,10 @@ class Gateway:
         # inbound: the routing rules (a bad file is a ConfigError at start-up) and one poller
         # per bot; only the worker holding a bot's lock polls, the others stand by
         self.router = load_routes(settings.routes_file, settings.bots)
+        # received files for agents (telegram.files.<bot>.get, GET /files, store_files rules)
+        self.files = ReceivedFiles(settings, self.bus, self.clients)
         self.pollers = {
-            bot_id: Poller(settings, client, self.bus, self.router)
+            bot_id: Poller(settings, client, self.bus, self.router, files=self.files)
             for bot_id, client in self.clients.items()
         }
         for poller in self.pollers.values():
@@ -59,6 +62,7 @@ class Gateway:
         self.outbound = OutboundService(settings, self.bus, self.sender, self.idempotency)
         self.add(self.sender)
         self.add(self.outbound)
+        self.add(self.files)
         self.bus.on_state_change(lambda up: metrics.NATS_CONNECTED.set(1 if up else 0))
 
     def add(self, component: Component) -> None:
@@ -95,8 +99,17 @@ class Gateway:
 
     def checks(self) -> dict[str, Check]:
         bus = self.bus.status()
-        if bus["connected"] and bus["stream_ready"]:
-            nats_check = Check(True, "connected; stream " + str(bus["stream"]) + " ready")
+        if bus["connected"] and bus["stream_ready"] and bus["files_bucket_ready"]:
+            nats_check = Check(
+                True,
+                f"connected; stream {bus['stream']} and object store {bus['files_bucket']} ready",
+            )
+        elif bus["connected"] and bus["stream_ready"]:
+            nats_check = Check(
+                False,
+                f"connected but object store {bus['files_bucket']} is not ready: "
+                f"{bus['last_error']}",
+            )
         elif bus["connected"]:
             nats_check = Check(
                 False, f"connected but stream {bus['stream']} is not ready: {bus['last_error']}"

@@ -33,7 +33,13 @@ def test_the_document_is_served_and_matches_the_validation(out):
     assert status == 200
     assert document == openapi.build()
     assert document["openapi"].startswith("3.1")
-    assert set(document["paths"]) == {"/send", "/healthz", "/metrics", "/openapi.json"}
+    assert set(document["paths"]) == {
+        "/send",
+        "/files/{bot}/{file_id}",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+    }
     request = document["components"]["schemas"]["SendRequest"]
     assert set(request["properties"]) == set(FIELDS)
     assert request["additionalProperties"] is False
@@ -56,6 +62,8 @@ def test_documented_examples_behave_as_documented(out):
     [
         ("/send", "POST", GenerationMode.POSITIVE, 60),
         ("/send", "POST", GenerationMode.NEGATIVE, 40),
+        ("/files/{bot}/{file_id}", "GET", GenerationMode.POSITIVE, 20),
+        ("/files/{bot}/{file_id}", "GET", GenerationMode.NEGATIVE, 10),
         ("/healthz", "GET", GenerationMode.POSITIVE, 5),
         ("/metrics", "GET", GenerationMode.POSITIVE, 5),
         ("/openapi.json", "GET", GenerationMode.POSITIVE, 5),

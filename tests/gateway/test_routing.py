@@ -155,3 +155,19 @@ def test_readme_example_parses(tmp_path: Path):
     path.write_text(example)
     routes = load_routes(path, BOTS)
     assert len(routes) >= 2
+
+
+def test_store_files_is_a_boolean_per_rule():
+    bots = [BotConfig(bot_id=1, token=fake_token(1))]
+    routes = parse_routes(
+        {
+            "routes": [
+                {"name": "a", "subjects": ["agents.a"], "store_files": True},
+                {"name": "b", "subjects": ["agents.b"]},
+            ]
+        },
+        bots,
+    )
+    assert [route.store_files for route in routes] == [True, False]
+    with pytest.raises(ConfigError, match=r"rule 1 \('a'\): store_files: must be true or false"):
+        parse_routes({"routes": [{"name": "a", "subjects": ["x"], "store_files": "yes"}]}, bots)

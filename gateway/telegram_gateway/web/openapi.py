@@ -230,6 +230,54 @@ def build() -> dict[str, Any]:
                     },
                 }
             },
+            "/files/{bot}/{file_id}": {
+                "get": {
+                    "operationId": "downloadFile",
+                    "summary": "The bytes of a file a user sent (the bot's file_id from an "
+                    "update), streamed from the Bot API server's folder",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        {
+                            "name": "bot",
+                            "in": "path",
+                            "required": True,
+                            "description": "Bot id or configured name",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "file_id",
+                            "in": "path",
+                            "required": True,
+                            "description": "file_id of a photo size, voice, document, ...",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The file; Content-Disposition names it",
+                            "headers": {
+                                "Content-Disposition": {"schema": {"type": "string"}},
+                                "X-Telegram-File-Unique-Id": {"schema": {"type": "string"}},
+                            },
+                            "content": {
+                                "application/octet-stream": {
+                                    "schema": {"type": "string", "format": "binary"}
+                                },
+                                "*/*": {"schema": {"type": "string", "format": "binary"}},
+                            },
+                        },
+                        "400": _error("file_id is not a Bot API file_id"),
+                        "401": _error("Missing or wrong bearer token"),
+                        "403": _error(
+                            "The Bot API server named a file outside the bot's folder under "
+                            "TELEGRAM_API_DIR"
+                        ),
+                        "404": _error("No such bot, or Telegram does not know the file_id"),
+                        "502": _error("The Bot API failed, or the file cannot be read"),
+                        "504": _error("The Bot API did not answer within GATEWAY_BOTAPI_TIMEOUT"),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "health",
