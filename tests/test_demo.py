@@ -25,4 +25,6 @@ def test_demo_walkthrough_succeeds():
     assert "telegram.in.7000000001.message" in out
     assert "reply through POST /send (HTTP 200)" in out
     assert '"Hello from the gateway!",\n  "And hello over NATS."' in out
+    assert '"bucket": "TELEGRAM_FILES"' in out
+    assert "% a document the user sent" in out
     assert out.rstrip().endswith("demo: everything works")

@@ -3,7 +3,8 @@
 Starts nats-server (JetStream), the Bot API emulator (standing in for Telegram and the local
 Bot API server) and the gateway under gunicorn with gevent workers, then shows it working:
 /healthz, an update from a "user" arriving in JetStream, a reply through POST /send and one
-through a NATS request. With ``--once`` it stops after that (the test suite runs it so);
+through a NATS request, a document the user sent fetched through NATS and HTTP. With
+``--once`` it stops after that (the test suite runs it so);
 otherwise it keeps the stack up for you to try, until Ctrl-C.
 """
 
@@ -37,7 +38,9 @@ def main() -> int:
     work = REPO / ".demo"
     shutil.rmtree(work, ignore_errors=True)
     # no NATS password, so that the nats commands shown below work as printed
-    with Stack(work, {BOT_ID: "demo"}, nats_auth=False) as stack:
+    # TELEGRAM_API_DIR: the emulator's --dir, where it keeps received files as the server does
+    env = {"TELEGRAM_API_DIR": str(work / "emulator")}
+    with Stack(work, {BOT_ID: "demo"}, nats_auth=False, env=env) as stack:
         emulator, gateway = stack.emulator, stack.gateway
         print(
             f"nats-server {stack.nats.url} · emulator {emulator.api_url} "
@@ -69,13 +72,44 @@ def main() -> int:
         reply = stack.request(subject, params, timeout=10)
         show("reply through a NATS request", f"nats req {subject} '{json.dumps(params)}'", reply)
 
+        document = b"%PDF-1.4\n% a document the user sent\n"
+        received = emulator.inject_file(
+            stack.tokens[BOT_ID], "document", document, USER_CHAT, "notes.pdf", "application/pdf"
+        )
+        file_id = received["file_id"]
+        subject = f"telegram.files.{BOT_ID}.get"
+        stored_file = stack.request(subject, {"file_id": file_id}, timeout=30)
+        show(
+            "a user sends a document: an agent stores it in the Object Store TELEGRAM_FILES",
+            f"nats req {subject} '{json.dumps({'file_id': file_id})}'",
+            stored_file,
+        )
+        status_file, got, _ = gateway.request(
+            "GET",
+            f"/files/{BOT_ID}/{file_id}",
+            headers={"Authorization": f"Bearer {stack.api_token}"},
+        )
+        show(
+            f"... or streams it over HTTP (HTTP {status_file})",
+            f"curl -s -H 'Authorization: Bearer $GATEWAY_API_TOKEN' "
+            f"{gateway.url}/files/{BOT_ID}/{file_id}",
+            got,
+        )
+
         sent = emulator.sent(BOT_ID, chat_id=USER_CHAT)
         show(
             "what 'Telegram' (the emulator) received",
             f"curl -s '{emulator.control_url}/_emulator/sent?bot_id={BOT_ID}'",
             [record["params"].get("text") for record in sent],
         )
-        ok = status == 200 and reply.get("ok") is True and len(sent) == 2
+        ok = (
+            status == 200
+            and reply.get("ok") is True
+            and len(sent) == 2
+            and stored_file.get("ok") is True
+            and stored_file["result"]["size"] == len(document)
+            and (status_file, got) == (200, document.decode())
+        )
         print("\ndemo: " + ("everything works" if ok else "SOMETHING FAILED"))
         if not ok:
             return 1
