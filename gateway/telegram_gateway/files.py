@@ -26,7 +26,7 @@ routed copy is sent (:meth:`ReceivedFiles.store_update_files`).
 Errors are :class:`FileProblem` with an HTTP-like code: 400 malformed request, 403 the server
 named a file outside the bot's folder, 404 unknown ``file_id`` (Telegram's own description),
 413 too large for the bucket, 502 the Bot API failed or the file cannot be read, 503 NATS or
-the bucket unusable, 504 the Bot API did not answer in time.
+the bucket unusable, 504 the Bot API did not answer within :data:`GETFILE_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ MESSAGE_FIELDS = (
 )
 MEDIA_FIELDS = ("document", "voice", "audio", "video", "video_note", "animation", "sticker")
 STORE_RATE = 5 * 1024**2  # bytes/s a put is given at least (its timeout), beyond 30 s
+# getFile may first download the file from Telegram (up to 2000 MB in local mode): it gets
+# this long, not GATEWAY_BOTAPI_TIMEOUT
+GETFILE_TIMEOUT = 300.0
 
 
 class FileProblem(Exception):
@@ -142,7 +145,7 @@ class ReceivedFiles:
             )
         client = self.clients[bot.bot_id]
         try:
-            result = client.call("getFile", {"file_id": file_id})
+            result = client.call("getFile", {"file_id": file_id}, timeout=GETFILE_TIMEOUT)
         except TelegramError as exc:
             if exc.error_code == 400:
                 raise FileProblem(404, f"Not Found: {exc.description}") from None

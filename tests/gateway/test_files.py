@@ -283,3 +283,19 @@ def test_the_object_store_is_created_with_the_configured_limits(fs):
     assert found.max_age == 86400
     assert found.max_bytes == 1024**3
     assert os.path.isdir(fs.emulator.dir)
+
+
+def test_a_failing_bot_api_is_502_on_both_paths_and_nothing_is_stored(fs):
+    injected = fs.emulator.inject_file(fs.tokens[BOT], "document", b"later", PRIVATE[80])
+    fs.emulator.fault("error", status=500, methods=["getFile"], count=2)
+    try:
+        reply = fetch(fs, injected["file_id"])
+        status, body, _ = download(fs, BOT, injected["file_id"])
+    finally:
+        fs.emulator.clear_faults()
+    assert reply["ok"] is False and reply["error_code"] == 502, reply
+    assert "getFile failed" in reply["description"]
+    assert status == 502 and json.loads(body)["error_code"] == 502
+    assert object_bytes(fs, injected["file_unique_id"]) is None
+    # once the Bot API answers again, so does the gateway
+    assert fetch(fs, injected["file_id"])["ok"] is True

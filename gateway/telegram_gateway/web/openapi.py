@@ -274,7 +274,7 @@ def build() -> dict[str, Any]:
                         ),
                         "404": _error("No such bot, or Telegram does not know the file_id"),
                         "502": _error("The Bot API failed, or the file cannot be read"),
-                        "504": _error("The Bot API did not answer within GATEWAY_BOTAPI_TIMEOUT"),
+                        "504": _error("getFile did not answer within 300 s"),
                     },
                 }
             },
