@@ -147,6 +147,7 @@ ROUTES = [
         "name": "support",
         "match": {"command": "/help", "update_type": ["message", "edited_message"]},
         "subjects": ["agents.support.inbox"],
+        "store_files": True,
     },
     {"name": "everything", "subjects": ["agents.audit.inbox"]},
 ]

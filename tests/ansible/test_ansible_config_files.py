@@ -117,6 +117,9 @@ def test_gateway_environment_file(rendered: Rendered, fake_secrets: FakeSecrets)
         # this play: the gateway role's own default)
         "GATEWAY_MEDIA_DIRS": "/var/lib/telegram-gateway/outbox",
         "TELEGRAM_API_DIR": "/var/lib/telegram-bot-api",
+        "GATEWAY_FILES_MAX_BYTES": "104857600",
+        "GATEWAY_FILES_TTL": "86400",
+        "GATEWAY_FILES_BUCKET_MAX_BYTES": "1073741824",
         "GATEWAY_STREAM_MAX_AGE": "3600",
     }
 
@@ -159,9 +162,14 @@ def test_gateway_environment_is_accepted_by_the_gateway_settings(
     assert len(settings.bots) == 2
     assert settings.media_dirs == (Path("/var/lib/telegram-gateway/outbox"),)
     assert settings.telegram_api_dir == Path("/var/lib/telegram-bot-api")
+    assert (settings.files_max_bytes, settings.files_ttl, settings.files_bucket_max_bytes) == (
+        100 * 1024**2,
+        86400,
+        1024**3,
+    )
     routing = pytest.importorskip("telegram_gateway.routing")
-    if hasattr(routing, "load_routes"):
-        routing.load_routes(routes, settings.bots)
+    loaded = routing.load_routes(routes, settings.bots)
+    assert [route.store_files for route in loaded.routes] == [True, False]
 
 
 @pytest.mark.integration
@@ -272,6 +280,70 @@ def test_rendered_nats_users_have_the_intended_permissions(
             assert any("permissions violation" in e.lower() for e in errors), errors
             info = await js.stream_info("TELEGRAM")
             assert info.state.messages == 1
+        finally:
+            await agents.close()
+            await gateway.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_rendered_nats_users_share_received_files_read_only(
+    live_nats: str, fake_secrets: FakeSecrets
+) -> None:
+    """The gateway stores files in TELEGRAM_FILES and answers telegram.files.>; agents ask
+    for a file and read it with nats-py's object store API, and may not put, delete or purge."""
+    nats = pytest.importorskip("nats")
+    from nats.js.api import ObjectStoreConfig
+
+    async def scenario() -> None:
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        gateway = await nats.connect(
+            live_nats, user="telegram-gateway", password=fake_secrets.nats_gateway_password
+        )
+        agents = await nats.connect(
+            live_nats,
+            user="agents",
+            password=fake_secrets.nats_agents_password,
+            error_cb=on_error,
+            allow_reconnect=False,
+        )
+        try:
+            store = await gateway.jetstream().create_object_store(
+                "TELEGRAM_FILES", ObjectStoreConfig(ttl=3600, max_bytes=10 * 1024**2)
+            )
+            data = bytes(range(256)) * 2000  # 512,000 bytes: four chunks
+            await store.put("AQADfileunique", data)
+
+            async def answer(msg) -> None:
+                await msg.respond(b'{"ok":true,"result":{"name":"AQADfileunique"}}')
+
+            await gateway.subscribe("telegram.files.>", queue="telegram-gateway", cb=answer)
+            await gateway.flush()
+            reply = await agents.request("telegram.files.1.get", b'{"file_id":"x"}', timeout=5)
+            assert b"AQADfileunique" in reply.data
+
+            agent_store = await agents.jetstream().object_store("TELEGRAM_FILES")
+            got = await agent_store.get("AQADfileunique")
+            assert got.data == data and got.info.size == len(data)
+
+            errors.clear()
+            with pytest.raises(Exception):  # noqa: B017 - refused: a timeout or an API error
+                await asyncio.wait_for(agent_store.put("forged", b"forged"), 5)
+            with pytest.raises(Exception):  # noqa: B017
+                await asyncio.wait_for(agent_store.delete("AQADfileunique"), 5)
+            with pytest.raises(Exception):  # noqa: B017
+                await agents.request("$JS.API.STREAM.PURGE.OBJ_TELEGRAM_FILES", b"{}", timeout=2)
+            await asyncio.sleep(0.3)
+            assert any("permissions violation" in e.lower() for e in errors), errors
+            # untouched: the object is whole and nothing else was stored
+            assert (await store.get("AQADfileunique")).data == data
+            names = [info.name for info in await store.list()]
+            assert names == ["AQADfileunique"]
         finally:
             await agents.close()
             await gateway.close()

@@ -264,6 +264,19 @@ CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
         {"telegram_gateway_media_dirs": "/srv/a"},
         "telegram_gateway_media_dirs",
     ),
+    "gateway_files_bucket_smaller_than_a_file": (
+        "telegram_gateway",
+        {
+            "telegram_gateway_files_max_bytes": 209715200,
+            "telegram_gateway_files_bucket_max_bytes": 104857600,
+        },
+        "telegram_gateway_files_bucket_max_bytes",
+    ),
+    "gateway_files_ttl_too_short": (
+        "telegram_gateway",
+        {"telegram_gateway_files_ttl": 5},
+        "telegram_gateway_files_ttl",
+    ),
     "gateway_api_dir_relative": (
         "telegram_gateway",
         {"telegram_gateway_telegram_api_dir": "var/lib/telegram-bot-api"},
