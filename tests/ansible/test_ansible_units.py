@@ -51,9 +51,11 @@ HARDENING = [
     "SystemCallFilter=@system-service",
     "SystemCallFilter=~@privileged @resources",
     "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
-    "UMask=0077",
     "Restart=on-failure",
 ]
+# UMask=0077 everywhere but the Bot API server: its group (the gateway) reads the files it
+# downloads, see test_gateway_reads_the_files_users_send_and_nothing_more
+UMASK = {"telegram-bot-api.service": "UMask=0027"}
 
 
 def analyze(*args: str) -> subprocess.CompletedProcess[str]:
@@ -119,7 +121,8 @@ def test_unit_exposure_is_within_its_bound(verifiable: Path, unit: str, bound: f
 @pytest.mark.parametrize("unit", SERVICES)
 def test_unit_has_the_hardening_block(rendered: Rendered, unit: str) -> None:
     text = lines(rendered.text(unit))
-    missing = [directive for directive in HARDENING if directive not in text]
+    expected = [*HARDENING, UMASK.get(unit, "UMask=0077")]
+    missing = [directive for directive in expected if directive not in text]
     assert not missing, f"{unit} lacks {missing}"
     # the syscall filter on two lines: on one line systemd drops the ~ part silently
     assert not any(line.startswith("SystemCallFilter=@system-service ") for line in text)
@@ -186,6 +189,22 @@ def test_bot_api_unit_reads_only_the_gateways_outbox_of_the_other_services(
     assert 'GATEWAY_MEDIA_DIRS="/var/lib/telegram-gateway/outbox"' in lines(
         rendered.text("telegram-gateway.env")
     )
+
+
+@pytest.mark.integration
+def test_gateway_reads_the_files_users_send_and_nothing_more(rendered: Rendered) -> None:
+    """The server's state directory and what tdlib creates in it (folders 0750, files 0640,
+    td.binlog 0600) are group-readable, never group-writable; the gateway is in that group
+    and in no other of the server's; the server's env file lives elsewhere, root-only."""
+    bot_api = lines(rendered.text("telegram-bot-api.service"))
+    gateway = lines(rendered.text("telegram-gateway.service"))
+    assert "Group=telegram-bot-api" in bot_api
+    assert "StateDirectoryMode=0750" in bot_api and "UMask=0027" in bot_api
+    assert [line for line in gateway if line.startswith("SupplementaryGroups=")] == [
+        "SupplementaryGroups=telegram-bot-api"
+    ]
+    assert "EnvironmentFile=/etc/telegram-bot-api/telegram-bot-api.env" in bot_api
+    assert not any(line.startswith("EnvironmentFile=/var/lib/") for line in bot_api)
 
 
 @pytest.mark.integration

@@ -14,7 +14,11 @@ the `agents` NATS user stands in for an agent, curl-like HTTP calls for a servic
 from __future__ import annotations
 
 import asyncio
+import base64
+import grp
 import json
+import os
+import stat
 import subprocess
 import sys
 import threading
@@ -265,6 +269,111 @@ def probe_kill9(p: dict[str, Any]) -> dict[str, Any]:
         "healthz": body,
         "seconds": round(time.monotonic() - t0, 2),
     }
+
+
+OUTBOX = "/var/lib/telegram-gateway/outbox"
+
+
+async def _files_over_nats(p: dict[str, Any], file_id: str) -> dict[str, Any]:
+    """As the agents user: getFile through the gateway, then the documented way to the bytes
+    (telegram.files.<bot>.get, then nats-py's object store get), then a local file outside
+    GATEWAY_MEDIA_DIRS as a file:// URI."""
+    nc = await connect(p)
+
+    async def ask(subject: str, body: dict[str, Any]) -> bytes:
+        msg = await nc.request(f"telegram.{subject}", json.dumps(body).encode(), timeout=60)
+        return msg.data
+
+    try:
+        bot = p["bot_id"]
+        raw_get_file = await ask(f"out.{bot}.getFile", {"file_id": file_id})
+        stored = json.loads(await ask(f"files.{bot}.get", {"file_id": file_id}))
+        data = b""
+        if stored.get("ok"):
+            store = await nc.jetstream().object_store(stored["result"]["bucket"])
+            data = (await store.get(stored["result"]["name"])).data or b""
+        passwd = {"chat_id": p["chat_id"], "document": "file:///etc/passwd"}
+        refused = json.loads(await ask(f"out.{bot}.sendDocument", passwd))
+        return {
+            "get_file_raw": raw_get_file.decode(),
+            "stored": stored,
+            "object_hex": data.hex(),
+            "passwd_over_nats": refused,
+        }
+    finally:
+        await nc.close()
+
+
+def probe_files(p: dict[str, Any]) -> dict[str, Any]:
+    """A user sends a document (the emulator's control API); an agent gets its bytes over NATS
+    and over HTTP; getFile carries no secret; /etc/passwd is refused on both paths and
+    nothing reaches the Bot API; a file in the outbox goes out."""
+    bot, chat_id = p["bot_id"], p["chat_id"]
+    data = bytes(range(256)) * 64 + b"molecule"
+    received = control(
+        "POST",
+        "files",
+        {
+            "bot_id": bot,
+            "chat_id": chat_id,
+            "kind": "document",
+            "data": base64.b64encode(data).decode(),
+            "file_name": "molecule.bin",
+        },
+    )
+    file_id = received["file_id"]
+    bearer = {"Authorization": f"Bearer {p['api_token']}"}
+    sent_before = len(control("GET", f"sent?bot_id={bot}"))
+    result = asyncio.run(_files_over_nats(p, file_id))
+    request = urllib.request.Request(f"{GATEWAY}/files/{bot}/{file_id}", headers=bearer)
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        got, headers = resp.read(), dict(resp.headers)
+    status_unknown, _ = http("GET", f"{GATEWAY}/files/{bot}/AAAAunknown", headers=bearer)
+    passwd = http(
+        "POST", f"{GATEWAY}/send", {"chat_id": chat_id, "document": "/etc/passwd"}, bearer, 15
+    )
+    refused_sends = control("GET", f"sent?bot_id={bot}")[sent_before:]
+    # the operator's way to send a local file: the outbox, group-readable by the server
+    outbox_file = f"{OUTBOX}/molecule-outbox.txt"
+    with open(outbox_file, "w") as f:
+        f.write("from the outbox\n")
+    subprocess.run(["chgrp", "telegram-bot-api", outbox_file], check=True)
+    subprocess.run(["chmod", "0640", outbox_file], check=True)
+    body = {"chat_id": chat_id, "document": outbox_file}
+    outbox = http("POST", f"{GATEWAY}/send", body, bearer, 30)
+    sent_after = control("GET", f"sent?bot_id={bot}")[sent_before + len(refused_sends) :]
+    return {
+        **result,
+        "expected_hex": data.hex(),
+        "received": {k: received[k] for k in ("file_id", "file_unique_id", "file_size")},
+        "http_hex": got.hex(),
+        "http_headers": headers,
+        "http_unknown_status": status_unknown,
+        "passwd_over_http": {"status": passwd[0], "body": passwd[1]},
+        "refused_sends": refused_sends,
+        "outbox": {"status": outbox[0], "body": outbox[1]},
+        "outbox_sends": sent_after,
+    }
+
+
+def probe_file_access(p: dict[str, Any]) -> dict[str, Any]:
+    """What the gateway's processes may read: its groups, and the modes of what the Bot API
+    server stored for the bot."""
+    unit = "telegram-gateway.service"
+    main_pid = systemctl("show", "-p", "MainPID", "--value", unit)
+    with open(f"/proc/{main_pid}/status") as f:
+        groups = next(line.split()[1:] for line in f if line.startswith("Groups:"))
+    names = sorted(grp.getgrgid(int(g)).gr_name for g in groups)
+    root = "/var/lib/telegram-bot-api"
+    modes = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            rel = os.path.relpath(full, root).replace(p["bot_token_secret"], "<secret>")
+            modes[rel] = f"{stat.S_IMODE(st.st_mode):04o} {grp.getgrgid(st.st_gid).gr_name}"
+    top = os.stat(root)
+    return {"groups": names, "state_dir_mode": f"{stat.S_IMODE(top.st_mode):04o}", "modes": modes}
 
 
 def main() -> None:
