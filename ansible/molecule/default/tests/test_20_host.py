@@ -57,6 +57,8 @@ HARDENING = {
     "UMask": "0077",
     "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
 }
+# the Bot API server's files are group-readable for the gateway (tdlib creates 0750/0640)
+UMASK = {"telegram-bot-api.service": {"UMask": "0027"}}
 NO_EGRESS = ("nats-server.service", "telegram-gateway.service")
 MAX_EXPOSURE = 2.0
 
@@ -119,10 +121,13 @@ def test_service_user_is_a_system_account_without_login(host, name):
 
 @pytest.mark.parametrize("path", sorted(STATE_DIRS))
 def test_state_directory_private_to_its_service(host, path):
+    """Private, except that the Bot API server's group (the gateway) may read the files it
+    downloads: 0750, never group-writable."""
     d = host.file(path)
     assert d.is_directory
     assert d.user == STATE_DIRS[path]
-    assert d.mode == 0o700
+    assert d.mode == (0o750 if path == "/var/lib/telegram-bot-api" else 0o700)
+    assert d.group == STATE_DIRS[path]
 
 
 @pytest.mark.parametrize("path", ["/usr/local/bin/nats-server", "/usr/local/bin/telegram-bot-api"])
@@ -207,10 +212,11 @@ def test_no_secret_in_unit_files_or_properties(host, unit, secrets):
 @pytest.mark.parametrize("unit", UNITS)
 def test_hardening_properties(host, unit):
     props = show(host, unit, *HARDENING, "SystemCallFilter", "IPAddressDeny", "PrivateUsers")
+    expected = {**HARDENING, **UMASK.get(unit, {})}
     wrong = {
-        k: props[k] for k, v in HARDENING.items() if sorted(props[k].split()) != sorted(v.split())
+        k: props[k] for k, v in expected.items() if sorted(props[k].split()) != sorted(v.split())
     }
-    assert wrong == {}, f"expected { ({k: HARDENING[k] for k in wrong}) }"
+    assert wrong == {}, f"expected { ({k: expected[k] for k in wrong}) }"
     assert props["SystemCallFilter"] != ""
     if unit in NO_EGRESS:
         assert props["IPAddressDeny"] != ""
