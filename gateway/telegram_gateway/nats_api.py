@@ -42,8 +42,14 @@ from telegram_gateway.errors import (
 )
 from telegram_gateway.health import Check
 from telegram_gateway.idempotency import IdempotencyStore, Outcome, valid_key
-from telegram_gateway.outbound import check_encodable, check_local_files
-from telegram_gateway.sender import CHAT_MESSAGE_METHODS, Delivery, Sender
+from telegram_gateway.outbound import chat_id_of, check_encodable, check_local_files
+from telegram_gateway.sender import (
+    BOT_WRITE_METHODS,
+    CHAT_EDIT_METHODS,
+    CHAT_MESSAGE_METHODS,
+    Delivery,
+    Sender,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,29 +57,19 @@ SUBJECT_PREFIX = "telegram.out"
 QUEUE_GROUP = "telegram-gateway"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
+READ_METHODS: tuple[str, ...] = ("getMe", "getChat", "getChatMember", "getFile")
+#: chat identifiers in parameters: checked before anything else (pacing keys on chat_id)
+CHAT_ID_FIELDS = ("chat_id", "from_chat_id")
+
 #: the Bot API methods agents may call through NATS
 ALLOWED_METHODS: tuple[str, ...] = (
     # sending (paced by the sender)
     *CHAT_MESSAGE_METHODS,
-    "sendChatAction",
-    # changing what was sent
-    "editMessageText",
-    "editMessageCaption",
-    "editMessageMedia",
-    "editMessageReplyMarkup",
-    "deleteMessage",
-    "deleteMessages",
-    "pinChatMessage",
-    "unpinChatMessage",
-    "setMessageReaction",
-    # answering interactions
-    "answerCallbackQuery",
-    "answerInlineQuery",
-    # reading
-    "getMe",
-    "getChat",
-    "getChatMember",
-    "getFile",
+    # changing what was sent, chat actions, answering interactions (paced bot-wide)
+    *CHAT_EDIT_METHODS,
+    *BOT_WRITE_METHODS,
+    # reading (not paced; an Idempotency-Key is accepted and ignored)
+    *READ_METHODS,
 )
 _CANONICAL = {name.lower(): name for name in ALLOWED_METHODS}
 
@@ -161,12 +157,16 @@ class OutboundService:
                     "(UTF-8, no lone surrogates, no NaN)",
                 )
             )
-        try:  # local files only from GATEWAY_MEDIA_DIRS; nothing reaches the Bot API otherwise
+        try:
+            for field in CHAT_ID_FIELDS:  # before pacing or idempotency touch any state
+                if field in params:
+                    params[field] = chat_id_of(params[field], field)
+            # local files only from GATEWAY_MEDIA_DIRS; nothing reaches the Bot API otherwise
             check_local_files(params, self.settings)
         except InvalidRequest as exc:
             return _dump(envelope_error(400, f"Bad Request: {exc}"))
         key = _header(request.headers, IDEMPOTENCY_HEADER)
-        if key is None:
+        if key is None or method in READ_METHODS:  # reading twice changes nothing
             return self._call(bot, method, params)
         if not valid_key(key):
             return _dump(

@@ -252,21 +252,21 @@ def _check(name: str, spec: Field, value: Any, media_dirs: Iterable[Path]) -> An
     return value
 
 
-def chat_id_of(value: Any) -> int | str:
+def chat_id_of(value: Any, field: str = "chat_id") -> int | str:
     """A chat id as the Bot API takes it: an integer, or ``@username``."""
     if isinstance(value, bool):
-        raise InvalidRequest("chat_id", "must be an integer or @username")
+        raise InvalidRequest(field, "must be an integer or @username")
     if isinstance(value, str):
         text = value.strip()
         if USERNAME_RE.match(text):
             return text
         if not CHAT_ID_RE.match(text):
-            raise InvalidRequest("chat_id", "must be an integer or @username")
+            raise InvalidRequest(field, "must be an integer or @username")
         value = int(text)
     if not isinstance(value, int):
-        raise InvalidRequest("chat_id", "must be an integer or @username")
+        raise InvalidRequest(field, "must be an integer or @username")
     if value == 0 or not -MAX_ID < value < MAX_ID:
-        raise InvalidRequest("chat_id", "not a chat id")
+        raise InvalidRequest(field, "not a chat id")
     return value
 
 

@@ -1,10 +1,10 @@
 """Telegram's flood limits, enforced before sending, shared by every worker on the host.
 
-Telegram answers 429 (``retry_after``) when a bot sends more than about 30 messages per
-second overall, more than about 1 message per second to one private chat, or more than 20
-messages per minute to one group, supergroup or channel. The gateway never gets there: each
-message first *reserves a time slot* that satisfies all three limits, then sleeps until its
-slot and sends.
+Telegram answers 429 (``retry_after``) when a bot sends more than 30 messages per second
+overall, more than 1 message per second to one private chat, or more than 20 messages per
+minute to one group, supergroup or channel, each measured as a sliding window when a request
+arrives, with no tolerance. The gateway never gets there: each message first *reserves a time
+slot* that satisfies all three limits with a margin, then sleeps until its slot and sends.
 
 Why a file: gunicorn runs several worker processes and each can send for the same bot, so the
 budget lives in a small state file per bot, ``<GATEWAY_STATE_DIR>/pacing/<bot_id>.slots``,
@@ -25,7 +25,10 @@ The calendar (times are ``time.time()``, comparable across processes):
 
 Sending late is as harmful as sending early: a process that did not get the CPU for a while
 wakes up together with the punctual ones. A message more than ``LATE_TOLERANCE`` behind its
-slot therefore takes a new bot-wide slot from now (``wait_turn``) instead of going at once.
+slot therefore takes a new bot-wide slot from now (``wait_turn``) instead of going at once,
+and a message to a chat checks the chat's calendar again as it leaves: an earlier message to
+that chat that left late moved its entry closer, and the later one moves to keep its
+distance (``_chat_ready``).
 
 Slots are handed out in the order reservations arrive, and a chat's new slot is always later
 than its previous ones, so messages to one chat leave in the order they were accepted; a long
@@ -65,7 +68,11 @@ logger = logging.getLogger(__name__)
 # (at exactly 30/s one 429 per ~1,000 messages was seen on a busy 2-CPU host)
 BOT_RATE = 29.0
 BOT_SPACING = 1.0 / BOT_RATE + 1e-6  # (a microsecond against float rounding)
-PRIVATE_INTERVAL = 1.0  # seconds between two messages to one private chat
+# Telegram measures every limit as a sliding window when a request *arrives*, with no
+# tolerance: two messages to one private chat that arrive 999 ms apart are a 429. Send times
+# are not arrival times (scheduling, the connection, the server's own queue), so every limit
+# keeps a margin: 29 instead of 30 per second, 1.04 s instead of 1 s, 61 s instead of 60.
+PRIVATE_INTERVAL = 1.04  # seconds between two messages to one private chat (Telegram: 1)
 GROUP_LIMIT = 20  # messages per GROUP_WINDOW to one group / supergroup / channel
 GROUP_WINDOW = 61.0  # Telegram says "per minute"; one second of margin for network jitter
 KEEP_PAST = 1.0  # seconds of bot-wide history kept (only the last 1/BOT_RATE matters)
@@ -176,27 +183,41 @@ class Pacer:
         """Sleep until ``slot``, then make sure it is still a good time to send. A sleeper
         woken late (a busy host) would send right next to the on-time ones and bunch more
         messages into a second than the limit allows; it takes a new bot-wide slot from now
-        instead. Returns the time it may send (now)."""
-        for _ in range(5):
+        instead. And a message to a chat checks the chat's calendar as it stands when it
+        leaves: an earlier message to the same chat that was itself late has moved closer
+        (``_chat_ready``). Returns the time it may send (now)."""
+        for _ in range(10):
             self.wait_until(slot)
-            if not self.enabled or self.clock() - slot <= LATE_TOLERANCE:
+            if not self.enabled:
                 return slot
-            slot = self._move(bot_id, chat, slot)
+            late = self.clock() - slot > LATE_TOLERANCE
+            if not late and chat is None:
+                return slot
+            moved = self._move(bot_id, chat, slot, late)
+            if moved == slot:
+                return slot
+            slot = moved
         return slot
 
-    def _move(self, bot_id: int, chat: Chat | None, slot: float) -> float:
+    def _move(self, bot_id: int, chat: Chat | None, slot: float, late: bool) -> float:
+        """``slot`` if the message may leave now; else the new slot it has taken."""
         with self._locked(bot_id) as (fd, state):
             now = self.clock()
+            earliest = now if late else slot
+            times = state["c"].setdefault(chat.key, []) if chat is not None else []
+            if chat is not None:
+                earliest = max(earliest, _chat_ready(chat, times, slot, now))
+            if earliest == slot:
+                return slot
             _remove(state["g"], slot)
-            moved = _free_slot(state["g"], now, BOT_SPACING)
+            moved = _free_slot(state["g"], earliest, BOT_SPACING)
             bisect.insort(state["g"], moved)
             if chat is not None:
-                times = state["c"].setdefault(chat.key, [])
                 _remove(times, slot)
                 bisect.insort(times, moved)
             self._write(fd, state)
         logger.debug(
-            "bot %s: woke %.0f ms late, moved to a slot %.0f ms from now",
+            "bot %s: at %.0f ms past its slot, moved to a slot %.0f ms from now",
             bot_id,
             (now - slot) * 1000,
             (moved - now) * 1000,
@@ -365,6 +386,21 @@ def _doubles(view: memoryview, count: int) -> list[float]:
     values = array("d")
     values.frombytes(view)
     return values.tolist()
+
+
+def _chat_ready(chat: Chat, times: list[float], slot: float, now: float) -> float:
+    """The earliest a message booked at ``slot`` may leave for ``chat``, given the chat's
+    other bookings that are due by ``now`` (sent, or leaving now)."""
+    others = list(times)
+    _remove(others, slot)
+    due = others[: bisect.bisect_right(others, now)]
+    if not due:
+        return slot
+    if chat.private:
+        return max(slot, due[-1] + PRIVATE_INTERVAL)
+    if len(due) >= GROUP_LIMIT:
+        return max(slot, due[-GROUP_LIMIT] + GROUP_WINDOW)
+    return slot
 
 
 def _free_slot(booked: list[float], earliest: float, spacing: float) -> float:

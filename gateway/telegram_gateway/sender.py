@@ -68,7 +68,26 @@ CHAT_MESSAGE_METHODS: tuple[str, ...] = (
     "copyMessage",
     "forwardMessage",
 )
-_PACED = frozenset(CHAT_MESSAGE_METHODS)
+#: methods that change a message in a chat: paced like messages (Telegram counts an edit as one)
+CHAT_EDIT_METHODS: tuple[str, ...] = (
+    "editMessageText",
+    "editMessageCaption",
+    "editMessageMedia",
+    "editMessageReplyMarkup",
+)
+#: other methods that write to a chat: they take a slot of the bot's 30 per second too
+BOT_WRITE_METHODS: tuple[str, ...] = (
+    "sendChatAction",
+    "deleteMessage",
+    "deleteMessages",
+    "pinChatMessage",
+    "unpinChatMessage",
+    "setMessageReaction",
+    "answerCallbackQuery",
+    "answerInlineQuery",
+)
+_CHAT_PACED = frozenset((*CHAT_MESSAGE_METHODS, *CHAT_EDIT_METHODS))
+_PACED = _CHAT_PACED | frozenset(BOT_WRITE_METHODS)
 
 
 @dataclass
@@ -150,7 +169,7 @@ class Sender:
         if chat_id != given:
             delivery.migrated_to = chat_id
         paced = method in _PACED
-        chat = Chat.of(chat_id) if paced else None
+        chat = _pacing_chat(method, chat_id)
         slots: list[float] = []
         if paced:
             try:
@@ -176,7 +195,7 @@ class Sender:
                 self.pacer.cancel(bot.bot_id, chat, slots[index + 1 :])
                 slots = slots[: index + 1]
                 chat_id = delivery.migrated_to = params["chat_id"] = moved
-                chat = Chat.of(moved) if paced else None
+                chat = _pacing_chat(method, moved)
                 reply, error = self._attempts(bot, method, params, upload, chat, paced)
             if error is not None:
                 delivery.failure = error
@@ -262,6 +281,12 @@ class Sender:
             self._moved.clear()
         self._moved[(bot.bot_id, str(old))] = new
         logger.info("bot %s: chat %s moved to supergroup %s", bot.label, old, new)
+
+
+def _pacing_chat(method: str, chat_id: Any) -> Chat | None:
+    """The chat whose limit a call counts against; None: only the bot's (a method that does
+    not put a message into a chat, or an edit of an inline message, which has no chat_id)."""
+    return Chat.of(chat_id) if method in _CHAT_PACED else None
 
 
 def _count(method: str, params: Mapping[str, Any]) -> int:

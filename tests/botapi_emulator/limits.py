@@ -1,4 +1,12 @@
-"""Flood control as Telegram applies it: sliding windows per bot, per chat, per group."""
+"""Flood control as Telegram applies it: sliding windows per bot, per chat, per group.
+
+Strict by default, as Telegram is: every limit is a sliding window measured when a request
+arrives, with no tolerance -- 30 per second per bot, 1 per second per private chat, 20 per 60 s
+per group, supergroup or channel. ``tolerance`` (seconds, control API only) shortens every
+window by that much, for experiments with clients that pace by their own clock; the gateway's
+tests never set it. ``private_chat_burst`` > 1 lets a private chat take that many messages per
+burst / ``private_chat_per_second`` seconds; 1, the default, is the strict window.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from botapi_emulator.chats import ChatState
-from botapi_emulator.constants import FLOOD_TOLERANCE
 from botapi_emulator.errors import ControlError
 
 
@@ -18,8 +25,9 @@ class Limits:
     enabled: bool = True
     per_bot_per_second: float = 30
     private_chat_per_second: float = 1
-    private_chat_burst: float = 3
+    private_chat_burst: float = 1
     group_per_minute: float = 20
+    tolerance: float = 0.0  # seconds every window is shortened by; 0 is Telegram
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -28,6 +36,7 @@ class Limits:
             "private_chat_per_second": self.private_chat_per_second,
             "private_chat_burst": self.private_chat_burst,
             "group_per_minute": self.group_per_minute,
+            "tolerance": self.tolerance,
         }
 
     def update(self, spec: dict[str, Any]) -> None:
@@ -37,6 +46,8 @@ class Limits:
             elif key in self.to_dict():
                 if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                     raise ControlError(f"limit {key} must be a number >= 0")
+                if key == "tolerance" and value >= 1:
+                    raise ControlError("limit tolerance must be below 1 second")
                 setattr(self, key, value)
             else:
                 raise ControlError(f"unknown limit {key!r}")
@@ -62,44 +73,36 @@ class FloodState:
 
     def __init__(self) -> None:
         self.bot_times: collections.deque[float] = collections.deque()
-        self.private: dict[int, list[float]] = {}  # chat -> [tokens, time]
-        self.groups: dict[int, collections.deque[float]] = {}
+        self.chats: dict[int, collections.deque[float]] = {}
 
     def wait(self, limits: Limits, chat: ChatState, now: float, count: int = 1) -> float:
         """0 when ``count`` messages (an album: one per item) may go now, else the seconds to
-        wait. A private chat's bucket needs one token; an album may take it below zero."""
+        wait. An album needs room for all its items in the bot's window and in a group's; in a
+        private chat, room for one (the album may overfill that window)."""
         waits = [
             _window_wait(
-                self.bot_times, limits.per_bot_per_second, 1.0 - FLOOD_TOLERANCE, now, count
+                self.bot_times, limits.per_bot_per_second, 1.0 - limits.tolerance, now, count
             )
         ]
-        if chat.type == "private":
-            rate = limits.private_chat_per_second
-            if rate > 0:
-                tokens = self._tokens(limits, chat.id, now)
-                if tokens < 1.0 - FLOOD_TOLERANCE * rate:
-                    waits.append((1.0 - tokens) / rate)
-        else:
-            times = self.groups.setdefault(chat.id, collections.deque())
-            waits.append(
-                _window_wait(times, limits.group_per_minute, 60.0 - FLOOD_TOLERANCE, now, count)
-            )
+        limit, window = _chat_window(limits, chat)
+        if limit > 0:
+            times = self.chats.setdefault(chat.id, collections.deque())
+            needed = 1 if chat.type == "private" else count
+            waits.append(_window_wait(times, limit, window - limits.tolerance, now, needed))
         return max(waits)
-
-    def _tokens(self, limits: Limits, chat_id: int, now: float) -> float:
-        burst = max(limits.private_chat_burst, 1.0)
-        state = self.private.get(chat_id)
-        if state is None:
-            state = self.private[chat_id] = [burst, now]
-        state[0] = min(burst, state[0] + (now - state[1]) * limits.private_chat_per_second)
-        state[1] = now
-        return state[0]
 
     def commit(self, limits: Limits, chat: ChatState, now: float, count: int = 1) -> None:
         self.bot_times.extend([now] * count)
-        if chat.type == "private":
-            if limits.private_chat_per_second > 0:
-                self._tokens(limits, chat.id, now)
-                self.private[chat.id][0] -= count
-        else:
-            self.groups.setdefault(chat.id, collections.deque()).extend([now] * count)
+        if _chat_window(limits, chat)[0] > 0:
+            self.chats.setdefault(chat.id, collections.deque()).extend([now] * count)
+
+
+def _chat_window(limits: Limits, chat: ChatState) -> tuple[float, float]:
+    """(messages, seconds) of a chat's sliding window; (0, 0): no limit. A private chat:
+    ``private_chat_burst`` messages per burst / ``private_chat_per_second`` seconds (1 per
+    second by default); any other chat: ``group_per_minute`` per 60 s."""
+    if chat.type == "private":
+        rate = limits.private_chat_per_second
+        burst = max(int(limits.private_chat_burst), 1)
+        return (burst, burst / rate) if rate > 0 else (0, 0)
+    return limits.group_per_minute, 60.0

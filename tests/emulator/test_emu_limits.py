@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from botapi_emulator.chats import ChatState
+from botapi_emulator.limits import FloodState, Limits
 from harness.emulator import BotHandle
 
 pytestmark = pytest.mark.integration
@@ -56,16 +58,22 @@ def assert_flood(status: int, body: dict, headers: dict, low: int, high: int) ->
     return retry_after
 
 
-def test_private_chat_burst_then_one_per_second(bot: BotHandle, client: KeepAliveClient) -> None:
+def test_private_chat_one_per_second(bot: BotHandle, client: KeepAliveClient) -> None:
     bot.chat(11)
     before = bot.emu.stats()["flood_429"]
-    assert [client.send(11)[0] for _ in range(3)] == [200, 200, 200]
+    assert client.send(11)[0] == 200
     assert_flood(*client.send(11), low=1, high=1)
-    assert len(bot.sent()) == 3
+    assert len(bot.sent()) == 1
     assert bot.emu.stats()["flood_429"] == before + 1
     time.sleep(1.0)  # not synchronisation: the one-second window has to pass
     assert client.send(11)[0] == 200
     assert client.send(11)[0] == 429
+
+
+def test_private_chat_burst_is_an_option(bot: BotHandle, client: KeepAliveClient) -> None:
+    bot.emu.set_limits(private_chat_burst=3)
+    bot.chat(13)
+    assert [client.send(13)[0] for _ in range(4)] == [200, 200, 200, 429]
 
 
 def test_group_twenty_per_minute(bot: BotHandle, client: KeepAliveClient) -> None:
@@ -105,6 +113,7 @@ def test_limits_are_configurable(bot: BotHandle, client: KeepAliveClient) -> Non
 
 
 def test_which_methods_are_limited(bot: BotHandle, client: KeepAliveClient) -> None:
+    bot.emu.set_limits(private_chat_burst=3)
     bot.chat(12)
     message_id = client.send(12)[1]["result"]["message_id"]
     for _ in range(5):
@@ -121,6 +130,32 @@ def test_reset_restores_default_limits(bot: BotHandle) -> None:
         "enabled": True,
         "per_bot_per_second": 30,
         "private_chat_per_second": 1,
-        "private_chat_burst": 3,
+        "private_chat_burst": 1,
         "group_per_minute": 20,
+        "tolerance": 0.0,
     }
+
+
+def test_windows_are_strict_unless_a_tolerance_is_set() -> None:
+    """At the moment a request arrives, with no tolerance: one second and 60 s exactly."""
+    private, group = ChatState(21, "private"), ChatState(-22, "group")
+    for chat, window, limit in ((private, 1.0, 1), (group, 60.0, 20)):
+        strict = FloodState()
+        for _ in range(limit):
+            assert strict.wait(Limits(), chat, 100.0) == 0
+            strict.commit(Limits(), chat, 100.0)
+        assert strict.wait(Limits(), chat, 100.0 + window - 0.001) > 0
+        assert strict.wait(Limits(), chat, 100.0 + window) == 0
+        lenient = Limits(tolerance=0.05)
+        assert strict.wait(lenient, chat, 100.0 + window - 0.04) == 0
+    bot_wide = FloodState()
+    chats = [ChatState(100 + i, "private") for i in range(31)]
+    for i in range(30):
+        bot_wide.commit(Limits(), chats[i], 100.0 + i * 0.03)
+    assert bot_wide.wait(Limits(), chats[30], 100.999) > 0
+    assert bot_wide.wait(Limits(), chats[30], 101.0) == 0
+
+
+def test_tolerance_is_checked(bot: BotHandle) -> None:
+    assert bot.emu.control("POST", "/limits", {"tolerance": 1})["ok"] is False
+    assert bot.emu.set_limits(tolerance=0.05)["tolerance"] == 0.05

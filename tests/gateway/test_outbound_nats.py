@@ -152,3 +152,87 @@ def test_one_sender_paces_http_and_nats_together(out):
     times = [r["time"] for r in records]
     assert all(b - a >= 0.95 for a, b in itertools.pairwise(times))
     assert out.emulator.stats()["flood_429"] == 0
+
+
+def pacing_files(out) -> dict[str, tuple[int, int]]:
+    folder = out.gateway.state_dir / "pacing"
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("*")}
+
+
+@pytest.mark.parametrize(
+    "chat_id",
+    ["12\x0034", "@" + "a" * 400_000, "", " ", "@", "@bad name", "1e5", True, 1.5, 0, 2**60, [1]],
+    ids=[
+        "nul",
+        "400kB-username",
+        "empty",
+        "blank",
+        "at",
+        "space",
+        "float-text",
+        "bool",
+        "float",
+        "zero",
+        "huge",
+        "list",
+    ],
+)
+def test_a_malformed_chat_id_is_refused_before_it_touches_any_state(out, chat_id):
+    """A 400 envelope naming the field, and the pacing calendar is not even read."""
+    before = pacing_files(out)
+    sent_before = len(out.sent())
+    for method, params in (
+        ("sendMessage", {"chat_id": chat_id, "text": "x"}),
+        ("copyMessage", {"chat_id": PRIVATE[70], "from_chat_id": chat_id, "message_id": 1}),
+    ):
+        reply = out.request(subject(method), params, headers={"Idempotency-Key": "k-bad-chat"})
+        field = "chat_id" if method == "sendMessage" else "from_chat_id"
+        assert reply["ok"] is False and reply["error_code"] == 400, reply
+        assert reply["description"].startswith(f"Bad Request: {field}: "), reply
+    assert pacing_files(out) == before
+    assert len(out.sent()) == sent_before
+
+
+def test_chat_ids_as_text_and_usernames_are_accepted(out):
+    reply = out.request(subject("sendMessage"), {"chat_id": str(PRIVATE[71]), "text": "t"})
+    assert reply["ok"] is True and reply["result"]["chat"]["id"] == PRIVATE[71]
+
+
+def test_an_idempotency_key_on_a_read_method_is_ignored(out):
+    """Reading changes nothing, so nothing is remembered: the same key then sends."""
+    key = secrets.token_hex(8)
+    me = out.request(subject("getMe"), b"", headers={"Idempotency-Key": key})
+    chat = out.request(subject("getChat"), {"chat_id": GROUP}, headers={"Idempotency-Key": key})
+    assert me["ok"] is True and chat["ok"] is True
+    payload = {"chat_id": PRIVATE[72], "text": "after reads"}
+    sent = out.request(subject("sendMessage"), payload, headers={"Idempotency-Key": key})
+    assert sent["ok"] is True, sent
+    assert out.sent_texts(PRIVATE[72]) == ["after reads"]
+
+
+def test_edits_and_other_writes_take_slots_of_the_bots_budget(out):
+    """40 edits at once (in 40 chats) would be a 429 from a strict Telegram if they were not
+    paced; chat actions, deletes and callback answers wait for slots too."""
+    chats = PRIVATE[73:113]
+    waited = out.metric("telegram_gateway_send_wait_seconds_count", bot=str(BOT))
+    ids = {}
+    for chat_id in chats:
+        reply = out.request(subject("sendMessage"), {"chat_id": chat_id, "text": "v1"})
+        ids[chat_id] = reply["result"]["message_id"]
+    flood_before = out.emulator.stats()["flood_429"]
+
+    def edit(chat_id: int) -> dict:
+        params = {"chat_id": chat_id, "message_id": ids[chat_id], "text": "v2"}
+        return out.request(subject("editMessageText"), params, timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(len(chats)) as pool:
+        replies = list(pool.map(edit, chats))
+    assert all(reply["ok"] for reply in replies), replies
+    assert out.emulator.stats()["flood_429"] == flood_before
+    for method, params in (
+        ("sendChatAction", {"chat_id": chats[0], "action": "typing"}),
+        ("deleteMessage", {"chat_id": chats[0], "message_id": ids[chats[0]]}),
+    ):
+        assert out.request(subject(method), params)["ok"] is True
+    after = out.metric("telegram_gateway_send_wait_seconds_count", bot=str(BOT))
+    assert after - waited == len(chats) * 2 + 2

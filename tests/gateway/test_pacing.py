@@ -247,3 +247,34 @@ def test_a_late_sender_takes_a_new_slot_instead_of_bunching(tmp_path):
     assert_bot_rate([first, *moved, *(p.reserve(1, Chat.of(200))[0] for _ in range(1))])
     # the chat's own record moved along: its next message keeps a second's distance
     assert p.reserve(1, Chat.of(101))[0] >= moved[0] + PRIVATE_INTERVAL - EPS
+
+
+def test_every_limit_keeps_a_margin_over_telegrams():
+    """Telegram measures on arrival with no tolerance: send times keep a margin."""
+    assert BOT_RATE < 30 and PRIVATE_INTERVAL > 1.0 and GROUP_WINDOW > 60.0
+
+
+def test_a_message_keeps_its_distance_from_an_earlier_one_to_the_chat_that_left_late(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    chat = Chat.of(300)
+    a, b = p.reserve(1, chat, 2)
+    assert b - a == pytest.approx(PRIVATE_INTERVAL)
+    clock.now = a + 0.5  # the first one's sender did not run for half a second
+    left_a = p.wait_turn(1, chat, a)
+    assert left_a >= a + 0.5 - EPS
+    left_b = p.wait_turn(1, chat, b)  # on its own slot it would follow 0.54 s later
+    assert left_b >= left_a + PRIVATE_INTERVAL - EPS
+    assert clock.now >= left_b - EPS
+
+
+def test_a_group_message_keeps_the_window_when_earlier_ones_left_late(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    group = Chat.of(-4100002)
+    slots = p.reserve(1, group, GROUP_LIMIT + 1)
+    assert slots[GROUP_LIMIT] >= slots[0] + GROUP_WINDOW - EPS
+    clock.now = slots[0] + 2.0  # the first one left 2 s late
+    first = p.wait_turn(1, group, slots[0])
+    left = [first] + [p.wait_turn(1, group, slot) for slot in slots[1:]]
+    assert left[GROUP_LIMIT] >= first + GROUP_WINDOW - EPS
