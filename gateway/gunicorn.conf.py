@@ -107,6 +107,14 @@ def on_starting(server: Any) -> None:
     shutil.rmtree(_uploads_dir, ignore_errors=True)
 
 
+def when_ready(server: Any) -> None:
+    """Under systemd: the health summary in ``systemctl status`` and the watchdog's pings,
+    from a thread of this arbiter (``telegram_gateway.systemd_status``)."""
+    from telegram_gateway.systemd_status import start_for
+
+    start_for(server)
+
+
 def post_worker_init(worker: Any) -> None:
     """Start the NATS loop, pollers and probes inside the (gevent-patched) worker."""
     from telegram_gateway.app import gateway_of

@@ -277,6 +277,11 @@ CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
         {"telegram_gateway_files_ttl": 5},
         "telegram_gateway_files_ttl",
     ),
+    "gateway_watchdog_too_short": (
+        "telegram_gateway",
+        {"telegram_gateway_watchdog_sec": 3},
+        "telegram_gateway_watchdog_sec",
+    ),
     "gateway_api_dir_relative": (
         "telegram_gateway",
         {"telegram_gateway_telegram_api_dir": "var/lib/telegram-bot-api"},

@@ -208,6 +208,14 @@ def test_gateway_reads_the_files_users_send_and_nothing_more(rendered: Rendered)
 
 
 @pytest.mark.integration
+def test_gateway_unit_has_a_watchdog_fed_by_its_arbiter(rendered: Rendered) -> None:
+    text = lines(rendered.text("telegram-gateway.service"))
+    assert "Type=notify" in text and "NotifyAccess=main" in text
+    assert "WatchdogSec=20s" in text
+    assert "Restart=on-failure" in text  # a watchdog timeout is a failure: restarted
+
+
+@pytest.mark.integration
 def test_bot_api_statistics_page_when_enabled_is_loopback_only(rendered: Rendered) -> None:
     command = exec_start(rendered.text("telegram-bot-api-stats.service")).split()
     assert "--http-stat-port=8082" in command

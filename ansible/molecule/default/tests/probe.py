@@ -376,6 +376,46 @@ def probe_file_access(p: dict[str, Any]) -> dict[str, Any]:
     return {"groups": names, "state_dir_mode": f"{stat.S_IMODE(top.st_mode):04o}", "modes": modes}
 
 
+def probe_watchdog(p: dict[str, Any]) -> dict[str, Any]:
+    """SIGSTOP of every gunicorn worker (a blocked event loop everywhere): systemd's watchdog
+    restarts the gateway; /healthz is 200 again."""
+    unit = "telegram-gateway.service"
+    old = int(systemctl("show", "-p", "MainPID", "--value", unit))
+    restarts_before = int(systemctl("show", "-p", "NRestarts", "--value", unit))
+    with open(f"/proc/{old}/task/{old}/children") as f:
+        workers = [int(pid) for pid in f.read().split()]
+    since = time.time()
+    t0 = time.monotonic()
+    for pid in workers:
+        os.kill(pid, 19)  # SIGSTOP
+    status, new, restarted_after = 0, old, None
+    while time.monotonic() - t0 < p.get("timeout", 90.0):
+        new = int(systemctl("show", "-p", "MainPID", "--value", unit))
+        if new not in (0, old):
+            restarted_after = restarted_after or round(time.monotonic() - t0, 2)
+            status, _ = healthz()
+            if status == 200:
+                break
+        time.sleep(0.5)
+    journal = subprocess.run(
+        ["journalctl", "-u", unit, "--since", f"@{int(since)}", "--no-pager", "-o", "cat"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {
+        "workers": workers,
+        "old_pid": old,
+        "new_pid": new,
+        "restarts_before": restarts_before,
+        "restarts_after": int(systemctl("show", "-p", "NRestarts", "--value", unit)),
+        "restarted_after": restarted_after,
+        "healthz_status": status,
+        "seconds": round(time.monotonic() - t0, 2),
+        "watchdog_lines": [line for line in journal.splitlines() if "atchdog" in line],
+        "journal_tail": journal.splitlines()[-60:],
+    }
+
+
 def main() -> None:
     params = json.load(sys.stdin)
     probe = globals()[f"probe_{sys.argv[1]}"]
