@@ -4,8 +4,10 @@ Strict by default, as Telegram is: every limit is a sliding window measured when
 arrives, with no tolerance -- 30 per second per bot, 1 per second per private chat, 20 per 60 s
 per group, supergroup or channel. ``tolerance`` (seconds, control API only) shortens every
 window by that much, for experiments with clients that pace by their own clock; the gateway's
-tests never set it. ``private_chat_burst`` > 1 lets a private chat take that many messages per
-burst / ``private_chat_per_second`` seconds; 1, the default, is the strict window.
+tests never set it. A private chat is a window of one message per 1 / ``private_chat_per_second``
+seconds, kept as the time its next message is due (the generic cell rate algorithm: each
+message, each item of an album too, moves it by one interval); ``private_chat_burst`` > 1 lets
+that many go at once; 1, the default, is the strict window.
 """
 
 from __future__ import annotations
@@ -73,36 +75,36 @@ class FloodState:
 
     def __init__(self) -> None:
         self.bot_times: collections.deque[float] = collections.deque()
-        self.chats: dict[int, collections.deque[float]] = {}
+        self.private: dict[int, float] = {}  # chat -> when its next message is due (GCRA)
+        self.groups: dict[int, collections.deque[float]] = {}
 
     def wait(self, limits: Limits, chat: ChatState, now: float, count: int = 1) -> float:
         """0 when ``count`` messages (an album: one per item) may go now, else the seconds to
-        wait. An album needs room for all its items in the bot's window and in a group's; in a
-        private chat, room for one (the album may overfill that window)."""
+        wait. An album needs room for all its items in the bot's window and in a group's; in
+        a private chat, one message's turn, and each item then costs a turn of its own."""
         waits = [
             _window_wait(
                 self.bot_times, limits.per_bot_per_second, 1.0 - limits.tolerance, now, count
             )
         ]
-        limit, window = _chat_window(limits, chat)
-        if limit > 0:
-            times = self.chats.setdefault(chat.id, collections.deque())
-            needed = 1 if chat.type == "private" else count
-            waits.append(_window_wait(times, limit, window - limits.tolerance, now, needed))
-        return max(waits)
+        if chat.type == "private":
+            rate = limits.private_chat_per_second
+            if rate > 0:
+                burst = max(int(limits.private_chat_burst), 1)
+                due = self.private.get(chat.id, now) - (burst - 1) / rate - limits.tolerance
+                waits.append(due - now)
+        else:
+            times = self.groups.setdefault(chat.id, collections.deque())
+            waits.append(
+                _window_wait(times, limits.group_per_minute, 60.0 - limits.tolerance, now, count)
+            )
+        return max(0.0, *waits)
 
     def commit(self, limits: Limits, chat: ChatState, now: float, count: int = 1) -> None:
         self.bot_times.extend([now] * count)
-        if _chat_window(limits, chat)[0] > 0:
-            self.chats.setdefault(chat.id, collections.deque()).extend([now] * count)
-
-
-def _chat_window(limits: Limits, chat: ChatState) -> tuple[float, float]:
-    """(messages, seconds) of a chat's sliding window; (0, 0): no limit. A private chat:
-    ``private_chat_burst`` messages per burst / ``private_chat_per_second`` seconds (1 per
-    second by default); any other chat: ``group_per_minute`` per 60 s."""
-    if chat.type == "private":
-        rate = limits.private_chat_per_second
-        burst = max(int(limits.private_chat_burst), 1)
-        return (burst, burst / rate) if rate > 0 else (0, 0)
-    return limits.group_per_minute, 60.0
+        if chat.type == "private":
+            rate = limits.private_chat_per_second
+            if rate > 0:
+                self.private[chat.id] = max(self.private.get(chat.id, now), now) + count / rate
+        else:
+            self.groups.setdefault(chat.id, collections.deque()).extend([now] * count)

@@ -29,3 +29,12 @@ def emu(emulator_server: EmulatorProcess) -> EmulatorProcess:
 @pytest.fixture
 def bot(emu: EmulatorProcess) -> BotHandle:
     return BotHandle.register(emu)
+
+
+@pytest.fixture
+def unlimited(emu: EmulatorProcess) -> EmulatorProcess:
+    """Flood control off, for tests of what a method answers rather than how often it may be
+    called: Telegram's 1 message per second per private chat would make a send followed by
+    an edit a 429 (``test_emu_limits`` tests the limits themselves)."""
+    emu.set_limits(enabled=False)
+    return emu

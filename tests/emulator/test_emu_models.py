@@ -25,7 +25,8 @@ from botapi_emulator.methods import METHODS
 from botapi_emulator.update_types import KNOWN_UPDATE_TYPES
 from harness.emulator import BotHandle, encode_multipart, private_message, raw_request
 
-pytestmark = pytest.mark.integration
+# what the methods answer, not how often they may be called (test_emu_limits)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("unlimited")]
 
 PRIVATE = 4242
 GROUP = -555

@@ -26,6 +26,7 @@ def prepare(emu: EmulatorProcess) -> tuple[BotHandle, int]:
     bot.chat(77, "private", first_name="Keep")
     bot.chat(-4000000077, "group", migrate_to_chat_id=-1004000000077)
     bot.ok("sendMessage", chat_id=77, text="one")
+    time.sleep(1.0)  # not synchronisation: Telegram's one message per second to a chat
     bot.ok("sendMessage", chat_id=77, text="two")
     first = bot.inject([private_message(77, f"p{i}", 10 + i) for i in range(5)])["first_update_id"]
     bot.emu.generate(bot.id, 3, kinds=["message"], unknown_field_ratio=1.0, seed=5)

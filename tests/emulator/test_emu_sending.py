@@ -18,7 +18,8 @@ from harness.emulator import (
     raw_request,
 )
 
-pytestmark = pytest.mark.integration
+# what the methods answer, not how often they may be called (test_emu_limits)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("unlimited")]
 
 
 @pytest.fixture

@@ -267,21 +267,23 @@ class TestQueue:
 
 class TestFlood:
     def test_windows(self) -> None:
+        """Strict: measured at arrival, no tolerance."""
         limits = Limits()
         flood = FloodState()
         private = ChatState(1, "private")
         group = ChatState(-1, "group")
         now = 1000.0
-        for _ in range(3):
-            assert flood.wait(limits, private, now) == 0
-            flood.commit(limits, private, now)
+        assert flood.wait(limits, private, now) == 0
+        flood.commit(limits, private, now)
         assert flood.wait(limits, private, now) == pytest.approx(1.0)
-        assert flood.wait(limits, private, now + 0.95) == 0
+        assert flood.wait(limits, private, now + 0.999) > 0
+        assert flood.wait(limits, private, now + 1.0) == 0
         for step in range(20):
             assert flood.wait(limits, group, now + step) == 0
             flood.commit(limits, group, now + step)
-        assert flood.wait(limits, group, now + 20) == pytest.approx(39.95)
-        assert flood.wait(limits, group, now + 59.95) == 0
+        assert flood.wait(limits, group, now + 20) == pytest.approx(40.0)
+        assert flood.wait(limits, group, now + 59.999) > 0
+        assert flood.wait(limits, group, now + 60) == 0
 
     def test_an_album_needs_room_for_every_item(self) -> None:
         limits, flood = Limits(), FloodState()
@@ -289,12 +291,12 @@ class TestFlood:
         now = 1000.0
         flood.commit(limits, group, now, 15)
         assert flood.wait(limits, group, now, 5) == 0
-        assert flood.wait(limits, group, now, 6) == pytest.approx(59.95)
-        # a private chat's bucket (burst 3, 1/s) needs one token; an album takes it below zero
+        assert flood.wait(limits, group, now, 6) == pytest.approx(60.0)
+        # a private chat: the album goes on one message's turn, each item then costs one
         flood.commit(limits, private, now, 10)
-        assert flood.wait(limits, private, now) == pytest.approx(8.0)
-        assert flood.wait(limits, private, now + 1, 5) == pytest.approx(7.0)
-        assert flood.wait(limits, private, now + 8) == 0
+        assert flood.wait(limits, private, now) == pytest.approx(10.0)
+        assert flood.wait(limits, private, now + 1, 5) == pytest.approx(9.0)
+        assert flood.wait(limits, private, now + 10) == 0
 
     def test_retry_after_is_rounded_up(self) -> None:
         error = flood_error(0.2)
