@@ -51,7 +51,11 @@ def pacing(root: Path, workers: int) -> None:
         print(f"total time                 {took:8.2f} s")
         print(f"theoretical minimum        {minimum:8.2f} s   (1,000 messages at 30/s)")
         print(f"ratio                      {took / minimum:8.3f}     (target <= 1.05)")
-        print(f"429 from the emulator      {stack.emulator.stats()['flood_429']:8d}     (target 0)")
+        stats = stack.emulator.stats()
+        print(
+            f"429 from the emulator      {stats['flood_429']:8d}     (target 0; by limit: "
+            f"{stats['flood_429_by_limit'] or '-'})"
+        )
         print(f"failed requests            {len(burst.failures):8d}")
         print(f"delivery problems          {len(problems):8d}     (exactly once, per-chat order)")
         print(

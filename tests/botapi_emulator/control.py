@@ -192,6 +192,7 @@ class ControlApi:
             "responses": dict(emu.stats.responses),
             "conflicts_409": emu.stats.conflicts_409,
             "flood_429": emu.stats.flood_429,
+            "flood_429_by_limit": dict(emu.stats.flood_by_limit),
             "confirmed_offset": {str(b.id): b.confirmed_offset for b in bots},
             "pending": {str(b.id): b.pending_count for b in bots},
             "next_update_id": {str(b.id): b.next_update_id for b in bots},

@@ -82,9 +82,18 @@ class FloodState:
         """0 when ``count`` messages (an album: one per item) may go now, else the seconds to
         wait. An album needs room for all its items in the bot's window and in a group's; in
         a private chat, one message's turn, and each item then costs a turn of its own."""
+        return self.check(limits, chat, now, count)[0]
+
+    def check(
+        self, limits: Limits, chat: ChatState, now: float, count: int = 1
+    ) -> tuple[float, str]:
+        """:meth:`wait`, and which limit it is: ``bot``, ``private_chat`` or ``group``."""
         waits = [
-            _window_wait(
-                self.bot_times, limits.per_bot_per_second, 1.0 - limits.tolerance, now, count
+            (
+                _window_wait(
+                    self.bot_times, limits.per_bot_per_second, 1.0 - limits.tolerance, now, count
+                ),
+                "bot",
             )
         ]
         if chat.type == "private":
@@ -92,13 +101,15 @@ class FloodState:
             if rate > 0:
                 burst = max(int(limits.private_chat_burst), 1)
                 due = self.private.get(chat.id, now) - (burst - 1) / rate - limits.tolerance
-                waits.append(due - now)
+                waits.append((due - now, "private_chat"))
         else:
             times = self.groups.setdefault(chat.id, collections.deque())
-            waits.append(
-                _window_wait(times, limits.group_per_minute, 60.0 - limits.tolerance, now, count)
+            window = _window_wait(
+                times, limits.group_per_minute, 60.0 - limits.tolerance, now, count
             )
-        return max(0.0, *waits)
+            waits.append((window, "group"))
+        wait, which = max(waits)
+        return max(0.0, wait), which
 
     def commit(self, limits: Limits, chat: ChatState, now: float, count: int = 1) -> None:
         self.bot_times.extend([now] * count)

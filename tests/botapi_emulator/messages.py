@@ -153,8 +153,9 @@ def check_flood(emu: Emulator, bot: BotState, chat: ChatState, count: int = 1) -
     if not limits.enabled:
         return
     now = time.monotonic()
-    wait = bot.flood.wait(limits, chat, now, count)
+    wait, which = bot.flood.check(limits, chat, now, count)
     if wait > 0:
+        emu.stats.flood_by_limit[which] += 1
         raise flood_error(wait)
     bot.flood.commit(limits, chat, now, count)
 

@@ -19,6 +19,8 @@ class Stats:
     responses: collections.Counter[str] = field(default_factory=collections.Counter)
     conflicts_409: int = 0
     flood_429: int = 0
+    # which limit each flood 429 hit: bot, private_chat, group
+    flood_by_limit: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def count_response(self, status: int) -> None:
         self.responses[str(status)] += 1

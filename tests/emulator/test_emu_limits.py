@@ -65,6 +65,7 @@ def test_private_chat_one_per_second(bot: BotHandle, client: KeepAliveClient) ->
     assert_flood(*client.send(11), low=1, high=1)
     assert len(bot.sent()) == 1
     assert bot.emu.stats()["flood_429"] == before + 1
+    assert bot.emu.stats()["flood_429_by_limit"] == {"private_chat": 1}
     time.sleep(1.0)  # not synchronisation: the one-second window has to pass
     assert client.send(11)[0] == 200
     assert client.send(11)[0] == 429
@@ -80,6 +81,7 @@ def test_group_twenty_per_minute(bot: BotHandle, client: KeepAliveClient) -> Non
     bot.chat(-1001000000001, "supergroup")
     assert all(client.send(-1001000000001)[0] == 200 for _ in range(20))
     assert_flood(*client.send(-1001000000001), low=50, high=60)
+    assert bot.emu.stats()["flood_429_by_limit"] == {"group": 1}
     bot.chat(-1001000000002, "supergroup")
     assert client.send(-1001000000002)[0] == 200
     assert len(bot.sent(chat_id=-1001000000001)) == 20
@@ -92,6 +94,7 @@ def test_thirty_per_second_per_bot(bot: BotHandle, client: KeepAliveClient) -> N
     assert time.monotonic() - started < 0.9, "the client was too slow to fill the window"
     assert statuses == [200] * 30
     assert_flood(*client.send(130), low=1, high=1)
+    assert bot.emu.stats()["flood_429_by_limit"] == {"bot": 1}
     assert len(bot.sent()) == 30
     time.sleep(1.0)  # not synchronisation: the one-second window has to pass
     assert client.send(130)[0] == 200
