@@ -65,6 +65,14 @@ from telegram_gateway.redact import redact
 
 logger = logging.getLogger(__name__)
 
+#: The gateway's reply inboxes (JetStream acks, API answers, its own requests) live under this
+#: prefix instead of the shared ``_INBOX``: the role's nats-server config lets only the gateway
+#: user subscribe to it and nobody else publish to it, so an agent can neither read the
+#: gateway's replies nor forge acks into them (``ansible/roles/nats_server/vars/main.yml``,
+#: ``_nats_server_gateway_inbox_prefix``; a test keeps the two equal).
+INBOX_PREFIX = "_GATEWAY_INBOX"
+
+
 T = TypeVar("T")
 INBOUND_SUBJECTS = "telegram.in.>"
 PUBLISH_ATTEMPTS = 5
@@ -338,6 +346,7 @@ class Bus:
         options: dict[str, Any] = {
             "servers": [url.strip() for url in s.nats_url.split(",")],
             "name": self.name,
+            "inbox_prefix": INBOX_PREFIX,
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 1,

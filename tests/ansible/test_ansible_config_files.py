@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import ROLES_DIR, ROUTES, SOME_UPDATE_TYPES, FakeSecrets, Rendered, load_yaml, tool
+from telegram_gateway.bus import INBOX_PREFIX
 
 
 def parse_environment_file(text: str) -> dict[str, str]:
@@ -250,6 +251,7 @@ def test_rendered_nats_users_have_the_intended_permissions(
             password=fake_secrets.nats_gateway_password,
             error_cb=on_error,
             allow_reconnect=False,
+            inbox_prefix=INBOX_PREFIX,  # as the gateway connects
         )
         agents = await nats.connect(
             live_nats,
@@ -312,7 +314,10 @@ def test_rendered_nats_users_share_received_files_read_only(
             errors.append(str(exc))
 
         gateway = await nats.connect(
-            live_nats, user="telegram-gateway", password=fake_secrets.nats_gateway_password
+            live_nats,
+            user="telegram-gateway",
+            password=fake_secrets.nats_gateway_password,
+            inbox_prefix=INBOX_PREFIX,
         )
         agents = await nats.connect(
             live_nats,
@@ -352,6 +357,72 @@ def test_rendered_nats_users_share_received_files_read_only(
             assert (await store.get("AQADfileunique")).data == data
             names = [info.name for info in await store.list()]
             assert names == ["AQADfileunique"]
+        finally:
+            await agents.close()
+            await gateway.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_gateways_inbox_prefix_is_the_one_the_role_protects() -> None:
+    variables = load_yaml(ROLES_DIR / "nats_server" / "vars" / "main.yml")
+    assert variables["_nats_server_gateway_inbox_prefix"] == INBOX_PREFIX
+    assert INBOX_PREFIX != "_INBOX" and not INBOX_PREFIX.startswith("_INBOX.")
+
+
+@pytest.mark.integration
+def test_agents_can_neither_read_nor_forge_the_gateways_replies(
+    live_nats: str, fake_secrets: FakeSecrets
+) -> None:
+    """The adversarial test of issue #11: an agent subscribed to the gateway's reply inboxes
+    (JetStream acks) and flooded forged error acks into them. Both are refused now, and the
+    gateway's JetStream publishes keep their acks."""
+    nats = pytest.importorskip("nats")
+
+    async def scenario() -> None:
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        gateway = await nats.connect(
+            live_nats,
+            user="telegram-gateway",
+            password=fake_secrets.nats_gateway_password,
+            inbox_prefix=INBOX_PREFIX,
+        )
+        agents = await nats.connect(
+            live_nats,
+            user="agents",
+            password=fake_secrets.nats_agents_password,
+            error_cb=on_error,
+            allow_reconnect=False,
+        )
+        try:
+            seen: list[bytes] = []
+
+            async def spy(msg) -> None:
+                seen.append(msg.data)
+
+            await agents.subscribe(f"{INBOX_PREFIX}.>", cb=spy)
+            await agents.flush()
+            await until_violation(errors)
+            errors.clear()
+            await agents.publish(f"{INBOX_PREFIX}.forged.1", b'{"error":{"code":503}}')
+            await agents.flush()
+            await until_violation(errors)
+
+            js = gateway.jetstream()
+            await js.add_stream(name="TELEGRAM", subjects=["telegram.in.>"])
+            inbox = gateway.new_inbox()
+            assert inbox.startswith(f"{INBOX_PREFIX}.")
+            for index in range(5):
+                ack = await js.publish(
+                    "telegram.in.1.message", b"{}", headers={"Nats-Msg-Id": f"1:{index + 10}"}
+                )
+                assert ack.stream == "TELEGRAM"
+            await asyncio.sleep(0.2)
+            assert seen == []  # the acks went to the gateway only
         finally:
             await agents.close()
             await gateway.close()
