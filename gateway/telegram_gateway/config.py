@@ -385,7 +385,8 @@ SETTINGS: tuple[Setting, ...] = (
         "health_probe_interval",
         _number(0.1, 300),
         "5",
-        "how often getMe probes the Bot API for /healthz, seconds",
+        "how often getMe probes the Bot API for each bot for /healthz, seconds (at most 10 "
+        "getMe per second per worker: with many bots, each bot every bots / 10 s)",
     ),
     Setting(
         "GATEWAY_SEND_TIMEOUT",
