@@ -23,6 +23,7 @@ sleep *blocking*), and a locked database is retried here with a cooperative slee
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -37,6 +38,15 @@ from typing import Any
 from telegram_gateway.errors import IdempotencyUnavailable
 
 logger = logging.getLogger(__name__)
+
+
+def fingerprint(source: dict[str, Any]) -> str:
+    """The one recipe, for ``/send`` and NATS alike: sha256 of the request as canonical JSON
+    (keys sorted at every depth, no whitespace, UTF-8), so that a retry whose JSON lists the
+    same parameters in another order is the same request."""
+    canonical = json.dumps(source, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 KEY_RE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
 POLL_INTERVAL = 0.05  # how often a duplicate looks whether the first request finished

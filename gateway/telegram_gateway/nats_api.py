@@ -26,7 +26,6 @@ request timeout.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from typing import Any
@@ -41,7 +40,7 @@ from telegram_gateway.errors import (
     RateLimited,
 )
 from telegram_gateway.health import Check
-from telegram_gateway.idempotency import IdempotencyStore, Outcome, valid_key
+from telegram_gateway.idempotency import IdempotencyStore, Outcome, fingerprint, valid_key
 from telegram_gateway.outbound import chat_id_of, check_encodable, check_local_files
 from telegram_gateway.sender import (
     BOT_WRITE_METHODS,
@@ -172,9 +171,6 @@ class OutboundService:
             return _dump(
                 envelope_error(400, "Bad Request: Idempotency-Key must be 1-255 printable ASCII")
             )
-        fingerprint = hashlib.sha256(
-            _dump({"bot": bot.bot_id, "method": method, "params": params})
-        ).hexdigest()
 
         def compute() -> Outcome:
             delivery = self.sender.send(bot, method, [params])
@@ -183,7 +179,10 @@ class OutboundService:
 
         try:
             outcome, _ = self.idempotency.run(
-                f"nats:{key}", fingerprint, compute, self.sender.longest(1)
+                f"nats:{key}",
+                fingerprint({"bot": bot.bot_id, "method": method, "params": params}),
+                compute,
+                self.sender.longest(1),
             )
         except IdempotencyUnavailable as exc:
             return _dump(failure_envelope(exc))

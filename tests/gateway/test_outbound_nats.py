@@ -138,6 +138,23 @@ def test_idempotency_key_header(out):
     assert other["ok"] is False and other["error_code"] == 422
 
 
+def test_a_retry_listing_the_parameters_in_another_order_is_the_same_request(out):
+    """One fingerprint recipe for /send and NATS: canonical JSON, keys sorted."""
+    key = secrets.token_hex(8)
+    first = out.request(
+        subject("sendMessage"),
+        {"chat_id": PRIVATE[55], "text": "in order", "parse_mode": "HTML"},
+        headers={"Idempotency-Key": key},
+    )
+    second = out.request(
+        subject("sendMessage"),
+        {"parse_mode": "HTML", "text": "in order", "chat_id": PRIVATE[55]},
+        headers={"Idempotency-Key": key},
+    )
+    assert first == second and first["ok"] is True
+    assert out.sent_texts(PRIVATE[55]) == ["in order"]
+
+
 def test_one_sender_paces_http_and_nats_together(out):
     """Alternating paths for one private chat: Telegram's 1 message/s holds across both."""
     chat_id = PRIVATE[60]

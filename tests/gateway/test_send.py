@@ -292,6 +292,19 @@ def test_same_idempotency_key_sends_once(out):
     assert out.sent_texts(chat(10)) == ["exactly once"]
 
 
+def test_a_retry_listing_the_fields_in_another_order_is_the_same_request(out):
+    key = "order-" + secrets.token_hex(6)
+    markup = {"inline_keyboard": [[{"text": "ok", "callback_data": "1"}]]}
+    first = out.send(
+        {"bot": BOT, "chat_id": chat(13), "text": "same", "reply_markup": markup}, key=key
+    )
+    again = {"reply_markup": {"inline_keyboard": [[{"callback_data": "1", "text": "ok"}]]}}
+    second = out.send({**again, "text": "same", "chat_id": chat(13), "bot": BOT}, key=key)
+    assert first[0] == second[0] == 200, second
+    assert second[2].get("Idempotent-Replayed") == "true"
+    assert out.sent_texts(chat(13)) == ["same"]
+
+
 def test_concurrent_duplicates_send_once(out):
     body = {"bot": BOT, "chat_id": chat(11), "text": "racing duplicates"}
     key = "race-" + secrets.token_hex(6)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from telegram_gateway.idempotency import IdempotencyStore, Outcome, valid_key
+from telegram_gateway.idempotency import IdempotencyStore, Outcome, fingerprint, valid_key
 
 pytestmark = pytest.mark.unit
 
@@ -190,3 +190,19 @@ def test_expired_keys_are_purged(tmp_path):
     store.run("fresh", "fp", Counter(), lease=5)
     count = sqlite3.connect(path).execute("SELECT count(*) FROM idempotency").fetchone()[0]
     assert count == 1
+
+
+def test_one_fingerprint_recipe_ignores_key_order_at_every_depth():
+    a = {
+        "bot": 1,
+        "method": "sendMessage",
+        "params": {"chat_id": 5, "text": "é", "x": {"b": 1, "a": 2}},
+    }
+    b = {
+        "params": {"x": {"a": 2, "b": 1}, "text": "é", "chat_id": 5},
+        "method": "sendMessage",
+        "bot": 1,
+    }
+    assert fingerprint(a) == fingerprint(b)
+    assert fingerprint(a) != fingerprint({**a, "params": {**a["params"], "text": "e"}})
+    assert len(fingerprint(a)) == 64

@@ -42,7 +42,7 @@ from telegram_gateway.errors import (
     InvalidRequest,
     RateLimited,
 )
-from telegram_gateway.idempotency import Outcome, valid_key
+from telegram_gateway.idempotency import Outcome, fingerprint, valid_key
 from telegram_gateway.outbound import MEDIA_METHODS, SendPlan, Upload, from_form, plan
 from telegram_gateway.sender import Delivery
 from telegram_gateway.web.connection import close_after_answer
@@ -101,12 +101,12 @@ def _answer(gateway: Any, send_plan: SendPlan, key: str | None) -> Response:
     if key is None:
         outcome = compute()
     else:
-        fingerprint = hashlib.sha256(
-            json.dumps(send_plan.fingerprint_source(), sort_keys=True).encode()
-        ).hexdigest()
         try:
             outcome, replayed = gateway.idempotency.run(
-                "http:" + key, fingerprint, compute, gateway.sender.longest(len(send_plan.parts))
+                "http:" + key,
+                fingerprint(send_plan.fingerprint_source()),
+                compute,
+                gateway.sender.longest(len(send_plan.parts)),
             )
         except IdempotencyUnavailable as exc:
             outcome = Outcome(503, {"ok": False, "error": str(exc)})
