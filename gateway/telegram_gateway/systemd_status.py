@@ -33,7 +33,7 @@ import os
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gunicorn.systemd import sd_notify
@@ -121,7 +121,7 @@ class StatusNotifier:
             self._stop.wait(self.interval)
 
 
-def interval_from_environment(environ: dict[str, str] | os._Environ[str]) -> float:
+def interval_from_environment(environ: Mapping[str, str]) -> float:
     usec = environ.get("WATCHDOG_USEC", "")
     pid = environ.get("WATCHDOG_PID", "")
     if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):

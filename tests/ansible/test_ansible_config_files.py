@@ -10,6 +10,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -213,6 +214,35 @@ def live_nats(rendered: Rendered):
             proc.wait()
 
 
+async def connect_users(
+    url: str, secrets: FakeSecrets, errors: list[str], gateway_errors: bool = False
+) -> tuple[Any, Any]:
+    """The gateway (with its inbox prefix, as it connects) and an agent, as the rendered users.
+    The agent's asynchronous errors (permissions violations) go to ``errors``; the gateway's
+    too with ``gateway_errors``."""
+    import nats
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    gateway = await nats.connect(
+        url,
+        user="telegram-gateway",
+        password=secrets.nats_gateway_password,
+        allow_reconnect=False,
+        inbox_prefix=INBOX_PREFIX,
+        **({"error_cb": on_error} if gateway_errors else {}),
+    )
+    agents = await nats.connect(
+        url,
+        user="agents",
+        password=secrets.nats_agents_password,
+        error_cb=on_error,
+        allow_reconnect=False,
+    )
+    return gateway, agents
+
+
 async def until_violation(errors: list[str]) -> None:
     """The server's -ERR 'Permissions Violation' arrives asynchronously (error_cb): wait for
     it, bounded, rather than a fixed time that a loaded host may miss."""
@@ -232,10 +262,6 @@ def test_rendered_nats_users_have_the_intended_permissions(
 
     async def scenario() -> None:
         errors: list[str] = []
-
-        async def on_error(exc: Exception) -> None:
-            errors.append(str(exc))
-
         with pytest.raises(Exception):  # noqa: B017 - any auth failure will do
             await nats.connect(
                 live_nats,
@@ -245,21 +271,7 @@ def test_rendered_nats_users_have_the_intended_permissions(
                 max_reconnect_attempts=0,
                 connect_timeout=2,
             )
-        gateway = await nats.connect(
-            live_nats,
-            user="telegram-gateway",
-            password=fake_secrets.nats_gateway_password,
-            error_cb=on_error,
-            allow_reconnect=False,
-            inbox_prefix=INBOX_PREFIX,  # as the gateway connects
-        )
-        agents = await nats.connect(
-            live_nats,
-            user="agents",
-            password=fake_secrets.nats_agents_password,
-            error_cb=on_error,
-            allow_reconnect=False,
-        )
+        gateway, agents = await connect_users(live_nats, fake_secrets, errors, gateway_errors=True)
         try:
             # the gateway manages the stream and publishes updates into it
             js = gateway.jetstream()
@@ -304,28 +316,12 @@ def test_rendered_nats_users_share_received_files_read_only(
 ) -> None:
     """The gateway stores files in TELEGRAM_FILES and answers telegram.files.>; agents ask
     for a file and read it with nats-py's object store API, and may not put, delete or purge."""
-    nats = pytest.importorskip("nats")
+    pytest.importorskip("nats")
     from nats.js.api import ObjectStoreConfig
 
     async def scenario() -> None:
         errors: list[str] = []
-
-        async def on_error(exc: Exception) -> None:
-            errors.append(str(exc))
-
-        gateway = await nats.connect(
-            live_nats,
-            user="telegram-gateway",
-            password=fake_secrets.nats_gateway_password,
-            inbox_prefix=INBOX_PREFIX,
-        )
-        agents = await nats.connect(
-            live_nats,
-            user="agents",
-            password=fake_secrets.nats_agents_password,
-            error_cb=on_error,
-            allow_reconnect=False,
-        )
+        gateway, agents = await connect_users(live_nats, fake_secrets, errors)
         try:
             store = await gateway.jetstream().create_object_store(
                 "TELEGRAM_FILES", ObjectStoreConfig(ttl=3600, max_bytes=10 * 1024**2)
@@ -377,27 +373,11 @@ def test_agents_can_neither_read_nor_forge_the_gateways_replies(
     """The adversarial test of issue #11: an agent subscribed to the gateway's reply inboxes
     (JetStream acks) and flooded forged error acks into them. Both are refused now, and the
     gateway's JetStream publishes keep their acks."""
-    nats = pytest.importorskip("nats")
+    pytest.importorskip("nats")
 
     async def scenario() -> None:
         errors: list[str] = []
-
-        async def on_error(exc: Exception) -> None:
-            errors.append(str(exc))
-
-        gateway = await nats.connect(
-            live_nats,
-            user="telegram-gateway",
-            password=fake_secrets.nats_gateway_password,
-            inbox_prefix=INBOX_PREFIX,
-        )
-        agents = await nats.connect(
-            live_nats,
-            user="agents",
-            password=fake_secrets.nats_agents_password,
-            error_cb=on_error,
-            allow_reconnect=False,
-        )
+        gateway, agents = await connect_users(live_nats, fake_secrets, errors)
         try:
             seen: list[bytes] = []
 

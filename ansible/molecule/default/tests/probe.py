@@ -245,17 +245,21 @@ def probe_restarts(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def probe_kill9(p: dict[str, Any]) -> dict[str, Any]:
-    """kill -9 of the gateway's main process: systemd restarts it, /healthz is 200 again."""
-    unit = "telegram-gateway.service"
-    old = int(systemctl("show", "-p", "MainPID", "--value", unit))
-    restarts_before = int(systemctl("show", "-p", "NRestarts", "--value", unit))
-    t0 = time.monotonic()
-    subprocess.run(["kill", "-9", str(old)], check=True)
-    status, body, new = 0, None, old
-    while time.monotonic() - t0 < p.get("timeout", 30.0):
-        new = int(systemctl("show", "-p", "MainPID", "--value", unit))
+GATEWAY_UNIT = "telegram-gateway.service"
+
+
+def unit_number(prop: str) -> int:
+    return int(systemctl("show", "-p", prop, "--value", GATEWAY_UNIT))
+
+
+def await_restart(old: int, restarts_before: int, t0: float, timeout: float) -> dict[str, Any]:
+    """After something made the gateway fail at ``t0``: wait until systemd runs a new main
+    process and /healthz answers 200 (or ``timeout``)."""
+    status, body, new, restarted_after = 0, None, old, None
+    while time.monotonic() - t0 < timeout:
+        new = unit_number("MainPID")
         if new not in (0, old):
+            restarted_after = restarted_after or round(time.monotonic() - t0, 2)
             status, body = healthz()
             if status == 200:
                 break
@@ -264,11 +268,20 @@ def probe_kill9(p: dict[str, Any]) -> dict[str, Any]:
         "old_pid": old,
         "new_pid": new,
         "restarts_before": restarts_before,
-        "restarts_after": int(systemctl("show", "-p", "NRestarts", "--value", unit)),
+        "restarts_after": unit_number("NRestarts"),
+        "restarted_after": restarted_after,
         "healthz_status": status,
         "healthz": body,
         "seconds": round(time.monotonic() - t0, 2),
     }
+
+
+def probe_kill9(p: dict[str, Any]) -> dict[str, Any]:
+    """kill -9 of the gateway's main process: systemd restarts it, /healthz is 200 again."""
+    old, restarts_before = unit_number("MainPID"), unit_number("NRestarts")
+    t0 = time.monotonic()
+    subprocess.run(["kill", "-9", str(old)], check=True)
+    return await_restart(old, restarts_before, t0, p.get("timeout", 30.0))
 
 
 OUTBOX = "/var/lib/telegram-gateway/outbox"
@@ -359,9 +372,7 @@ def probe_files(p: dict[str, Any]) -> dict[str, Any]:
 def probe_file_access(p: dict[str, Any]) -> dict[str, Any]:
     """What the gateway's processes may read: its groups, and the modes of what the Bot API
     server stored for the bot."""
-    unit = "telegram-gateway.service"
-    main_pid = systemctl("show", "-p", "MainPID", "--value", unit)
-    with open(f"/proc/{main_pid}/status") as f:
+    with open(f"/proc/{unit_number('MainPID')}/status") as f:
         groups = next(line.split()[1:] for line in f if line.startswith("Groups:"))
     names = sorted(grp.getgrgid(int(g)).gr_name for g in groups)
     root = "/var/lib/telegram-bot-api"
@@ -379,41 +390,21 @@ def probe_file_access(p: dict[str, Any]) -> dict[str, Any]:
 def probe_watchdog(p: dict[str, Any]) -> dict[str, Any]:
     """SIGSTOP of every gunicorn worker (a blocked event loop everywhere): systemd's watchdog
     restarts the gateway; /healthz is 200 again."""
-    unit = "telegram-gateway.service"
-    old = int(systemctl("show", "-p", "MainPID", "--value", unit))
-    restarts_before = int(systemctl("show", "-p", "NRestarts", "--value", unit))
+    old, restarts_before = unit_number("MainPID"), unit_number("NRestarts")
     with open(f"/proc/{old}/task/{old}/children") as f:
         workers = [int(pid) for pid in f.read().split()]
     since = time.time()
     t0 = time.monotonic()
     for pid in workers:
         os.kill(pid, 19)  # SIGSTOP
-    status, new, restarted_after = 0, old, None
-    while time.monotonic() - t0 < p.get("timeout", 90.0):
-        new = int(systemctl("show", "-p", "MainPID", "--value", unit))
-        if new not in (0, old):
-            restarted_after = restarted_after or round(time.monotonic() - t0, 2)
-            status, _ = healthz()
-            if status == 200:
-                break
-        time.sleep(0.5)
+    result = await_restart(old, restarts_before, t0, p.get("timeout", 90.0))
     journal = subprocess.run(
-        ["journalctl", "-u", unit, "--since", f"@{int(since)}", "--no-pager", "-o", "cat"],
+        ["journalctl", "-u", GATEWAY_UNIT, "--since", f"@{int(since)}", "--no-pager", "-o", "cat"],
         capture_output=True,
         text=True,
     ).stdout
-    return {
-        "workers": workers,
-        "old_pid": old,
-        "new_pid": new,
-        "restarts_before": restarts_before,
-        "restarts_after": int(systemctl("show", "-p", "NRestarts", "--value", unit)),
-        "restarted_after": restarted_after,
-        "healthz_status": status,
-        "seconds": round(time.monotonic() - t0, 2),
-        "watchdog_lines": [line for line in journal.splitlines() if "atchdog" in line],
-        "journal_tail": journal.splitlines()[-60:],
-    }
+    watchdog = [line for line in journal.splitlines() if "atchdog" in line]
+    return {**result, "workers": workers, "watchdog_lines": watchdog}
 
 
 def main() -> None:
