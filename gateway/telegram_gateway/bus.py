@@ -50,6 +50,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import (
     DiscardPolicy,
+    KeyValueConfig,
     ObjectInfo,
     ObjectMeta,
     ObjectStoreConfig,
@@ -57,10 +58,17 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from nats.js.object_store import OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE
 
 from telegram_gateway.config import Settings
-from telegram_gateway.errors import BusError, BusUnavailable, PublishFailed
+from telegram_gateway.errors import (
+    BusError,
+    BusUnavailable,
+    NoResponders,
+    PublishFailed,
+    RevisionMismatch,
+)
 from telegram_gateway.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -116,7 +124,19 @@ class StoredObject:
     age: float
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One Key-Value entry as the gateway sees it: ``value`` is None for a deleted key (a
+    delete marker, a purge, or the server's marker for a key whose age ran out)."""
+
+    bucket: str
+    key: str
+    value: bytes | None
+    revision: int
+
+
 Handler = Callable[[Request], bytes]
+Watcher = Callable[[Entry], None]
 NO_RESPONDERS = "503"
 
 
@@ -199,6 +219,10 @@ class Bus:
         self._disconnected_since: float | None = time.monotonic()
         self._reconnects = 0
         self._services: list[tuple[str, str | None, Handler]] = []
+        self._buckets: dict[str, KeyValueConfig] = {}  # Key-Value buckets the gateway keeps
+        self._kv: dict[str, KeyValue] = {}  # bound on each connection
+        self._watchers: list[tuple[str, Watcher]] = []
+        self._watches: list[Any] = []
         self._state_listeners: list[Callable[[bool], None]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -270,6 +294,7 @@ class Bus:
             "stream_ready": self._stream_ready,
             "files_bucket": FILES_BUCKET,
             "files_bucket_ready": self._files_ready,
+            "buckets_ready": all(name in self._kv for name in self._buckets),
             "reconnects": self._reconnects,
             "disconnected_for_s": down_for,
             "last_error": self._last_error,
@@ -311,6 +336,149 @@ class Bus:
         if not self._connected:
             raise BusUnavailable("not connected to NATS")
         return self.run(self._put_object(name, reader, description), timeout)
+
+    # ---- Key-Value buckets ------------------------------------------------------------------
+    def declare_bucket(self, config: KeyValueConfig) -> None:
+        """Keep Key-Value bucket ``config.bucket``: created (or its limits updated) on every
+        connect, before any watcher starts. Declare before :meth:`start`."""
+        self._buckets[config.bucket] = config
+
+    def bucket_ready(self, bucket: str) -> bool:
+        return self._connected and bucket in self._kv
+
+    def watch(self, bucket: str, callback: Watcher) -> None:
+        """Call ``callback(entry)`` on the NATS loop for every key of ``bucket`` as it is now
+        and as it changes (deletions and expiries included: ``entry.value`` is None). Started
+        on every (re)connect with the current values first. Register before :meth:`start`."""
+        self._watchers.append((bucket, callback))
+
+    def kv_get(self, bucket: str, key: str, timeout: float | None = None) -> Entry | None:
+        """The key's entry; None when it does not exist or is deleted."""
+        bound = self._kv_timeout(timeout)
+        return self.run(self.kv_get_async(bucket, key), bound)
+
+    def kv_create(self, bucket: str, key: str, value: bytes, timeout: float | None = None) -> int:
+        """Create ``key`` iff it does not exist (or is deleted); its revision. Raises
+        :class:`RevisionMismatch` when it exists."""
+        bound = self._kv_timeout(timeout)
+        return self.run(self.kv_create_async(bucket, key, value), bound)
+
+    def kv_update(
+        self, bucket: str, key: str, value: bytes, last: int, timeout: float | None = None
+    ) -> int:
+        """Replace ``key`` iff its revision is still ``last``; the new revision. Raises
+        :class:`RevisionMismatch` otherwise."""
+        bound = self._kv_timeout(timeout)
+        return self.run(self.kv_update_async(bucket, key, value, last), bound)
+
+    def kv_delete(
+        self, bucket: str, key: str, last: int | None = None, timeout: float | None = None
+    ) -> None:
+        """Delete ``key`` (iff its revision is still ``last``, when given)."""
+        bound = self._kv_timeout(timeout)
+        self.run(self.kv_delete_async(bucket, key, last), bound)
+
+    def _kv_timeout(self, timeout: float | None) -> float:
+        if not self._connected:
+            raise BusUnavailable("not connected to NATS")
+        return self.settings.publish_timeout + 1 if timeout is None else timeout
+
+    # the same, on the loop (for components that run there)
+    def _bucket(self, bucket: str) -> KeyValue:
+        kv = self._kv.get(bucket)
+        if kv is None or not self._connected:
+            raise BusUnavailable(
+                f"Key-Value bucket {bucket} is not ready (NATS: {self._last_error})"
+            )
+        return kv
+
+    async def kv_get_async(self, bucket: str, key: str) -> Entry | None:
+        try:
+            entry = await self._bucket(bucket).get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise _bus_error(exc, f"reading {bucket}") from None
+        return Entry(bucket, key, entry.value, entry.revision or 0)
+
+    async def kv_create_async(self, bucket: str, key: str, value: bytes) -> int:
+        kv = self._bucket(bucket)
+        try:
+            try:
+                return await kv.create(key, value)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                # nats-py's create takes a delete marker for a deleted key, but not the marker
+                # nats-server leaves when a key's age runs out (header Nats-Marker-Reason),
+                # which stays for MARKER_TTL: such a key is absent too
+                marker = await self._expiry_marker(bucket, key)
+                if marker is None:
+                    raise
+                return await kv.update(key, value, last=marker)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise RevisionMismatch(f"{bucket}: key exists") from None
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise _bus_error(exc, f"writing {bucket}") from None
+
+    async def _expiry_marker(self, bucket: str, key: str) -> int | None:
+        """The revision of the key's last message when that is the server's expiry marker."""
+        assert self._nc is not None
+        try:
+            msg = await self._nc.jetstream().get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.{key}")
+        except nats.js.errors.NotFoundError:
+            return None
+        return msg.seq if msg.headers and "Nats-Marker-Reason" in msg.headers else None
+
+    async def kv_update_async(self, bucket: str, key: str, value: bytes, last: int) -> int:
+        try:
+            return await self._bucket(bucket).update(key, value, last=last)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise RevisionMismatch(f"{bucket}: key changed since revision {last}") from None
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise _bus_error(exc, f"writing {bucket}") from None
+
+    async def kv_delete_async(self, bucket: str, key: str, last: int | None = None) -> None:
+        try:
+            await self._bucket(bucket).delete(key, last=last)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in (10071, 10164):
+                raise RevisionMismatch(f"{bucket}: key changed since revision {last}") from None
+            raise _bus_error(exc, f"deleting in {bucket}") from None
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise _bus_error(exc, f"deleting in {bucket}") from None
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the NATS loop soon (nothing when the loop is not running)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(callback)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task of the NATS loop (a component's background work there)."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._thread is None:
+            coro.close()
+            raise BusUnavailable("the NATS bus is not running")
+        loop.call_soon_threadsafe(loop.create_task, coro)
+
+    # ---- requests ----------------------------------------------------------------------------
+    def request(self, subject: str, data: bytes, timeout: float) -> bytes:
+        """A NATS request; the reply's bytes. Raises :class:`NoResponders` when nobody serves
+        ``subject`` and :class:`BusUnavailable` when not connected or not answered in time."""
+        if not self._connected:
+            raise BusUnavailable("not connected to NATS")
+        return self.run(self._request(subject, data, timeout), timeout + 1)
+
+    async def _request(self, subject: str, data: bytes, timeout: float) -> bytes:
+        assert self._nc is not None
+        try:
+            msg = await self._nc.request(subject, data, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(f"nobody serves {subject}") from None
+        except nats.errors.TimeoutError:
+            raise BusUnavailable(f"no answer on {subject} within {timeout:g} s") from None
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+            raise BusUnavailable("NATS connection lost") from None
+        return bytes(msg.data)
 
     # ---- serving ---------------------------------------------------------------------------
     def serve(self, subject: str, handler: Handler, queue: str | None = None) -> None:
@@ -370,6 +538,8 @@ class Bus:
         logger.info("NATS %s (%s)", "connected" if first else "reconnected", self._server_url())
         await self._ensure_stream()
         await self._ensure_files_bucket()
+        await self._ensure_buckets()
+        await self._start_watches()
         for listener in self._state_listeners:
             listener(True)
 
@@ -463,6 +633,79 @@ class Bus:
         except Exception as exc:
             self._files_ready = False
             self._note_error(f"cannot create or update object store {FILES_BUCKET}: {exc}")
+
+    async def _ensure_buckets(self) -> None:
+        """Create each declared Key-Value bucket, or update its limits to the declared ones."""
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        for name, config in self._buckets.items():
+            try:
+                try:
+                    kv = await js.key_value(name)
+                except nats.js.errors.BucketNotFoundError:
+                    kv = await js.create_key_value(config)
+                    logger.info("created JetStream Key-Value bucket %s", name)
+                else:
+                    info = await js.stream_info(f"KV_{name}")
+                    current = info.config
+                    if abs((current.max_age or 0) - (config.ttl or 0)) > 0.001 or (
+                        current.max_bytes or -1
+                    ) != (config.max_bytes or -1):
+                        await js.update_stream(
+                            current.evolve(max_age=config.ttl, max_bytes=config.max_bytes or -1)
+                        )
+                self._kv[name] = kv
+            except Exception as exc:
+                self._kv.pop(name, None)
+                self._note_error(f"cannot create or update Key-Value bucket {name}: {exc}")
+
+    async def _start_watches(self) -> None:
+        for watch in self._watches:
+            with contextlib.suppress(Exception):
+                await watch.unsubscribe()
+        self._watches = []
+        for bucket, callback in self._watchers:
+            kv = self._kv.get(bucket)
+            if kv is None:
+                continue
+            try:
+                self._watches.append(await self._watch(bucket, kv, callback))
+            except Exception as exc:
+                self._note_error(f"cannot watch Key-Value bucket {bucket}: {exc}")
+
+    async def _watch(self, bucket: str, kv: KeyValue, callback: Watcher) -> Any:
+        """An ordered consumer on the bucket's subjects, last value per key first: what
+        nats-py's ``KeyValue.watch`` does, with a callback instead of its bounded queue (a
+        watcher that stops reading must not stall the connection)."""
+        assert self._nc is not None
+        prefix = f"$KV.{bucket}."
+
+        async def on_message(msg: Msg) -> None:
+            headers = msg.headers or {}
+            deleted = (
+                headers.get("KV-Operation") in (KV_DEL, KV_PURGE) or "Nats-Marker-Reason" in headers
+            )
+            try:
+                revision = msg.metadata.sequence.stream
+            except Exception:
+                revision = 0
+            entry = Entry(
+                bucket, msg.subject[len(prefix) :], None if deleted else msg.data, revision
+            )
+            try:
+                callback(entry)
+            except Exception:
+                logger.exception("watcher of %s failed", bucket)
+
+        from nats.js.api import DeliverPolicy
+
+        return await self._nc.jetstream().subscribe(
+            f"{prefix}>",
+            cb=on_message,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            stream=f"KV_{bucket}",
+        )
 
     async def _find_object(self, name: str) -> StoredObject | None:
         assert self._nc is not None
@@ -610,7 +853,19 @@ class Bus:
         self._connected = False
         if nc is None or nc.is_closed:
             return
+        for watch in self._watches:
+            with contextlib.suppress(Exception):
+                await watch.unsubscribe()
+        self._watches = []
         try:
             await asyncio.wait_for(nc.drain(), 3)
         except Exception:
             await nc.close()
+
+
+def _bus_error(exc: Exception, doing: str) -> BusError:
+    if isinstance(exc, nats.errors.TimeoutError):
+        return BusUnavailable(f"NATS did not answer {doing}")
+    if isinstance(exc, nats.errors.ConnectionClosedError | nats.errors.ConnectionReconnectingError):
+        return BusUnavailable(f"NATS connection lost {doing}")
+    return BusError(f"JetStream error {doing}: {exc}")

@@ -60,12 +60,13 @@ class Settings:
     botapi_timeout: float
     publish_timeout: float
     poller_stall_after: float
-    lock_retry_interval: float
+    lease_ttl: float
     health_probe_interval: float
     send_timeout: float
     send_max_wait: float
     send_pacing: bool
     idempotency_ttl: float
+    idempotency_max_bytes: int
     upload_concurrency: int = 4
     upload_max_bytes: int = 4 * 1024**3
     # local files sent as media only from here (empty: none); see telegram_gateway.media
@@ -313,7 +314,7 @@ SETTINGS: tuple[Setting, ...] = (
         "state_dir",
         Path,
         "/var/lib/telegram-gateway",
-        "writable state directory (locks, idempotency store, metrics)",
+        "writable state directory (metrics, upload spool, default outbox)",
     ),
     Setting("GATEWAY_LOG_LEVEL", "log_level", _log_level, "INFO", "log level"),
     Setting(
@@ -374,11 +375,13 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds without a successful getUpdates before /healthz calls a poller stalled",
     ),
     Setting(
-        "GATEWAY_LOCK_RETRY_INTERVAL",
-        "lock_retry_interval",
-        _number(0.05, 60),
-        "1",
-        "how often a standby worker tries to take over a bot's poller lock, seconds",
+        "GATEWAY_LEASE_TTL",
+        "lease_ttl",
+        _number(2, 60),
+        "3",
+        "how long a bot's lease in the TELEGRAM_OWNERS bucket outlives its owner's last renewal "
+        "(renewed every third of it), seconds: after a crash another worker polls the bot "
+        "within about this long",
     ),
     Setting(
         "GATEWAY_HEALTH_PROBE_INTERVAL",
@@ -415,6 +418,14 @@ SETTINGS: tuple[Setting, ...] = (
         _number(1, 30 * 86400),
         "86400",
         "how long an Idempotency-Key is remembered, seconds",
+    ),
+    Setting(
+        "GATEWAY_IDEMPOTENCY_MAX_BYTES",
+        "idempotency_max_bytes",
+        _integer(1024**2, 64 * 1024**3),
+        str(64 * 1024**2),
+        "bytes the Key-Value bucket TELEGRAM_IDEMPOTENCY may hold (1 MiB - 64 GiB; full: "
+        "requests with a new Idempotency-Key get 503)",
     ),
     Setting(
         "GATEWAY_UPLOAD_CONCURRENCY",

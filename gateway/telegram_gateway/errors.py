@@ -10,10 +10,13 @@ Hierarchy::
     │   ├── BotApiTimeout        no answer within the caller's bound                 -> HTTP 504
     │   └── TelegramError        the Bot API answered {"ok": false, ...}             -> its code
     ├── BusError             NATS could not do what was asked
-    │   ├── BusUnavailable       not connected (yet / any more)
-    │   └── PublishFailed        JetStream did not acknowledge a publish after retries
+    │   ├── BusUnavailable       not connected (yet / any more), or no answer in time
+    │   │   └── NoResponders         nobody serves a request's subject
+    │   ├── PublishFailed        JetStream did not acknowledge a publish after retries
+    │   └── RevisionMismatch     a Key-Value create/update lost the race
     ├── InvalidRequest       a /send body or NATS payload is malformed ("<field>: <reason>") -> 400
-    ├── IdempotencyUnavailable  the Idempotency-Key store cannot be used (locked, unwritable) -> 503
+    ├── IdempotencyUnavailable  the Idempotency-Key bucket cannot be used (NATS, full)  -> 503
+    ├── PacingUnavailable    no send slot from the bot's owner (NATS down, no owner)     -> 503
     └── RateLimited          Telegram's limits put the message later than GATEWAY_SEND_MAX_WAIT
                              (nothing was sent; retry after ``retry_after`` s)          -> 429
 
@@ -81,6 +84,10 @@ class PublishFailed(BusError):
     """JetStream did not acknowledge a publish within the retries."""
 
 
+class RevisionMismatch(BusError):
+    """A Key-Value create or update lost the race: the key exists or changed meanwhile."""
+
+
 class InvalidRequest(GatewayError):
     """A request to send something is malformed; ``str()`` is ``"<field>: <reason>"``."""
 
@@ -98,5 +105,19 @@ class RateLimited(GatewayError):
         self.retry_after = retry_after
 
 
+class PacingUnavailable(GatewayError):
+    """No slot could be had from the bot's owner (NATS down, no owner during a takeover, the
+    owner did not answer); nothing was sent, retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NoResponders(BusUnavailable):
+    """Nobody serves the subject of a request (yet)."""
+
+
 class IdempotencyUnavailable(GatewayError):
-    """The Idempotency-Key store (sqlite under GATEWAY_STATE_DIR) cannot be used right now."""
+    """The Idempotency-Key store (the Key-Value bucket TELEGRAM_IDEMPOTENCY) cannot be used right
+    now: NATS is unreachable or the bucket is full."""

@@ -1,24 +1,45 @@
 """``Idempotency-Key``: a retried request gets the first one's result instead of a second send.
 
-The store is one sqlite3 database in WAL mode, ``<GATEWAY_STATE_DIR>/idempotency.sqlite3``,
-shared by every worker on the host and surviving restarts. A key moves through:
+The store is the NATS JetStream Key-Value bucket ``TELEGRAM_IDEMPOTENCY``
+(:data:`IDEMPOTENCY_BUCKET`), created by the :class:`~telegram_gateway.bus.Bus` on every
+connect (file storage, one revision per key). Every worker on every host that uses the same
+NATS shares it, and it survives gateway restarts (and nats-server restarts: file storage).
+Only methods that change something are remembered: the callers skip reading methods, which
+may simply run twice.
 
-``pending``  claimed by the request that is executing it (with a lease: how long that request
-             can take at most); a duplicate arriving now waits for the outcome (polling the
-             row cooperatively) instead of sending again
-``done``     the outcome (HTTP status, headers, body) is stored for ``GATEWAY_IDEMPOTENCY_TTL``
-             seconds and replayed to every retry with the same key
+Keys: an ``Idempotency-Key`` may hold any printable ASCII, a Key-Value key only
+``[-/_=.a-zA-Z0-9]``, so an entry's key is ``k.`` + the sha256 hex of the Idempotency-Key as
+the caller namespaced it (``http:<key>`` / ``nats:<key>``). Values are compact JSON. A key
+moves through:
+
+``pending``  ``{"fp", "state": "pending", "lease_until"}``: claimed (``create``, which only
+             one request can win, on any worker or host) by the request executing it, with a
+             lease (wall-clock time by which that request ends at the latest); a duplicate
+             arriving now waits for the outcome (polling the entry every
+             :data:`POLL_INTERVAL`, cooperatively) instead of sending again
+``done``     ``{"fp", "state": "done", "status", "headers", "body"}``: the outcome, written
+             over the claim (``update`` at the claim's revision) and replayed to every retry
+             with the same key
 (deleted)    the request never reached Telegram (refused by the pacing limit, Bot API
-             unreachable, ...): the key is released so that a retry really sends
+             unreachable, ...) or failed: the claim is deleted (at its revision) so that a
+             retry really sends (its small delete marker stays until the TTL)
 
-A key reused with a *different* request is refused (422), so a client bug cannot silently
-return the wrong message. A ``pending`` row whose lease ran out belongs to a worker that died
-mid-request: whether Telegram got the message is unknown, so the key answers 409 until it
-expires rather than risk a second copy.
+A key reused with a *different* request (another fingerprint) is refused (422), so a client
+bug cannot silently return the wrong message. A ``pending`` entry whose lease ran out belongs
+to a worker that died (or lost NATS) mid-request: whether Telegram got the message is unknown,
+so the key answers 409 until it expires rather than risk a second copy (so does, rarely, a
+claim whose ``create`` NATS stored but did not confirm in time: that request got 503). Leases
+compare wall clocks, so hosts sharing the bucket need synchronised clocks (NTP).
 
-Under gevent every sqlite3 call blocks the worker's hub, so they are kept tiny (one short
-transaction each, ``synchronous=NORMAL``), the connection has no busy timeout (sqlite would
-sleep *blocking*), and a locked database is retried here with a cooperative sleep.
+Bounds, both enforced by the server (no purge loop here): an entry expires
+``GATEWAY_IDEMPOTENCY_TTL`` after its last write (the bucket's max age), and the bucket holds
+at most ``GATEWAY_IDEMPOTENCY_MAX_BYTES``. A full bucket discards new writes: a *new* key is
+then refused (:class:`IdempotencyUnavailable`, 503) until old entries expire, while stored
+outcomes still replay; an outcome that does not fit any more is logged and its key stays
+``pending`` (409 once the lease is over). When NATS is unreachable or the bucket is not ready,
+:meth:`IdempotencyStore.run` raises :class:`IdempotencyUnavailable` (callers answer 503) before
+anything is sent; failing to store an outcome or release a key after the send is logged, not
+raised (the answer still goes to the caller).
 """
 
 from __future__ import annotations
@@ -27,17 +48,30 @@ import hashlib
 import json
 import logging
 import re
-import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from telegram_gateway.errors import IdempotencyUnavailable
+from nats.js.api import KeyValueConfig, StorageType
+
+from telegram_gateway.errors import (
+    BusError,
+    BusUnavailable,
+    IdempotencyUnavailable,
+    RevisionMismatch,
+)
+
+if TYPE_CHECKING:
+    from telegram_gateway.bus import Bus
 
 logger = logging.getLogger(__name__)
+
+#: the Key-Value bucket of Idempotency-Keys (stream ``KV_TELEGRAM_IDEMPOTENCY``)
+IDEMPOTENCY_BUCKET = "TELEGRAM_IDEMPOTENCY"
+KEY_RE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
+POLL_INTERVAL = 0.05  # how often a duplicate looks whether the first request finished
+CLAIM_ATTEMPTS = 3  # create/read races in a row (the key vanishing between the two) per poll
 
 
 def fingerprint(source: dict[str, Any]) -> str:
@@ -46,28 +80,6 @@ def fingerprint(source: dict[str, Any]) -> str:
     same parameters in another order is the same request."""
     canonical = json.dumps(source, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-KEY_RE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
-POLL_INTERVAL = 0.05  # how often a duplicate looks whether the first request finished
-BUSY_RETRY = 0.002  # first sleep when the database is locked; doubles up to 50 ms
-BUSY_LIMIT = 5.0  # seconds of "database is locked" before giving up (503)
-PURGE_EVERY = 60.0  # seconds between two deletions of expired keys (per process)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS idempotency (
-    key TEXT PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
-    state TEXT NOT NULL,
-    status INTEGER,
-    headers TEXT,
-    body BLOB,
-    created REAL NOT NULL,
-    expires REAL NOT NULL,
-    lease_until REAL
-);
-CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency (expires);
-"""
 
 
 @dataclass
@@ -85,21 +97,40 @@ def valid_key(key: str) -> bool:
     return bool(KEY_RE.match(key))
 
 
+def entry_key(key: str) -> str:
+    """The Key-Value key of an Idempotency-Key (any printable ASCII -> ``k.<sha256 hex>``)."""
+    return "k." + hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    revision: int
+
+
 class IdempotencyStore:
     def __init__(
         self,
-        path: Path,
+        bus: Bus,
         ttl: float,
+        max_bytes: int,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.path = path
+        self.bus = bus
         self.ttl = ttl
+        self.max_bytes = max_bytes
         self.clock = clock
         self.sleep = sleep
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()  # gevent-patched in workers: cooperative
-        self._last_purge = 0.0
+        bus.declare_bucket(
+            KeyValueConfig(
+                bucket=IDEMPOTENCY_BUCKET,
+                description="Idempotency-Keys of /send and telegram.out: claims and outcomes",
+                ttl=ttl,
+                max_bytes=max_bytes,
+                history=1,
+                storage=StorageType.FILE,
+            )
+        )
 
     def run(
         self,
@@ -109,14 +140,16 @@ class IdempotencyStore:
         lease: float,
     ) -> tuple[Outcome, bool]:
         """The outcome for ``key``: computed now (``compute`` runs at most once per key across
-        all workers), or the stored one. Returns ``(outcome, replayed)``."""
+        all workers and hosts), or the stored one. Returns ``(outcome, replayed)``. Raises
+        :class:`IdempotencyUnavailable` (nothing computed) when the bucket cannot be used."""
+        name = entry_key(key)
         deadline = time.monotonic() + lease
         while True:
-            claim = self._claim(key, fingerprint, lease)
+            claim = self._claim(name, fingerprint, lease)
+            if isinstance(claim, _Claimed):
+                break
             if isinstance(claim, Outcome):
                 return claim, True
-            if claim == "new":
-                break
             if claim == "mismatch":
                 return _error(422, "Idempotency-Key: already used for a different request"), False
             if claim == "abandoned":
@@ -138,123 +171,123 @@ class IdempotencyStore:
         try:
             outcome = compute()
         except BaseException:
-            self._release(key)
+            self._release(name, claim.revision)
             raise
         if outcome.store:
-            self._finish(key, outcome)
+            self._finish(name, claim.revision, fingerprint, outcome)
         else:
-            self._release(key)
+            self._release(name, claim.revision)
         return outcome, False
 
-    # ---- one short transaction each ------------------------------------------------------
-    def _claim(self, key: str, fingerprint: str, lease: float) -> str | Outcome:
-        def claim(db: sqlite3.Connection) -> str | Outcome:
-            now = self.clock()
-            row = db.execute(
-                "SELECT fingerprint, state, status, headers, body, expires, lease_until "
-                "FROM idempotency WHERE key = ?",
-                (key,),
-            ).fetchone()
-            if row is None or row[5] <= now:
-                db.execute(
-                    "INSERT OR REPLACE INTO idempotency "
-                    "(key, fingerprint, state, created, expires, lease_until) "
-                    "VALUES (?, ?, 'pending', ?, ?, ?)",
-                    (key, fingerprint, now, now + self.ttl, now + lease),
+    # ---- one Key-Value operation each ------------------------------------------------------
+    def _claim(self, name: str, fingerprint: str, lease: float) -> _Claimed | Outcome | str:
+        """Claim ``name`` (:class:`_Claimed`), or what holds it: the stored :class:`Outcome`,
+        ``"mismatch"``, ``"abandoned"`` or ``"in-flight"``."""
+        if not self.bus.bucket_ready(IDEMPOTENCY_BUCKET):
+            raise IdempotencyUnavailable(
+                f"the Idempotency-Key store (NATS Key-Value bucket {IDEMPOTENCY_BUCKET}) is not "
+                + (
+                    "ready (see the gateway log: creating the bucket failed); retry later"
+                    if self.bus.connected
+                    else "reachable: not connected to NATS; retry later"
                 )
-                return "new"
-            if row[0] != fingerprint:
-                return "mismatch"
-            if row[1] == "done":
-                return Outcome(
-                    status=int(row[2]), headers=json.loads(row[3]), body=json.loads(row[4])
-                )
-            return "in-flight" if (row[6] or 0) > now else "abandoned"
-
-        return self._transaction(claim)
-
-    def _finish(self, key: str, outcome: Outcome) -> None:
-        body = json.dumps(outcome.body, ensure_ascii=False, separators=(",", ":"))
-
-        def finish(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE idempotency SET state = 'done', status = ?, headers = ?, body = ?, "
-                "lease_until = NULL WHERE key = ?",
-                (outcome.status, json.dumps(outcome.headers), body, key),
             )
+        for _ in range(CLAIM_ATTEMPTS):
+            pending = {"fp": fingerprint, "state": "pending", "lease_until": self.clock() + lease}
+            try:
+                return _Claimed(self.bus.kv_create(IDEMPOTENCY_BUCKET, name, _encode(pending)))
+            except RevisionMismatch:
+                pass  # taken: see by whom
+            except BusUnavailable as exc:
+                raise _unavailable(exc) from None
+            except BusError as exc:
+                raise self._refused(exc) from None
+            try:
+                entry = self.bus.kv_get(IDEMPOTENCY_BUCKET, name)
+            except BusError as exc:
+                raise _unavailable(exc) from None
+            if entry is None or entry.value is None:
+                continue  # released or expired in between: claim again
+            return self._holder(entry.value, fingerprint)
+        return "in-flight"  # it keeps changing hands: look again after a pause
 
+    def _refused(self, exc: BusError) -> IdempotencyUnavailable:
+        if "maximum bytes" in str(exc):
+            return IdempotencyUnavailable(
+                f"the Idempotency-Key store (NATS Key-Value bucket {IDEMPOTENCY_BUCKET}) is full "
+                f"(GATEWAY_IDEMPOTENCY_MAX_BYTES = {self.max_bytes} bytes): requests with a new "
+                "Idempotency-Key are refused until older keys expire (GATEWAY_IDEMPOTENCY_TTL = "
+                f"{self.ttl:g} s); stored answers still replay. Retry later, or raise the bound"
+            )
+        return IdempotencyUnavailable(
+            f"the Idempotency-Key store (NATS Key-Value bucket {IDEMPOTENCY_BUCKET}) refused a new "
+            f"key ({exc}); retry later"
+        )
+
+    def _holder(self, raw: bytes, fingerprint: str) -> Outcome | str:
         try:
-            self._transaction(finish)
-        except IdempotencyUnavailable as exc:  # the message went out; say so, keep going
+            value = json.loads(raw)
+            if value["fp"] != fingerprint:
+                return "mismatch"
+            if value["state"] == "done":
+                return Outcome(
+                    status=int(value["status"]),
+                    headers=dict(value["headers"]),
+                    body=dict(value["body"]),
+                )
+            return "in-flight" if float(value["lease_until"]) > self.clock() else "abandoned"
+        except (ValueError, TypeError, KeyError) as exc:
+            raise IdempotencyUnavailable(
+                f"the Idempotency-Key store (NATS Key-Value bucket {IDEMPOTENCY_BUCKET}) holds "
+                f"an entry the gateway cannot read ({type(exc).__name__}: {exc}); it expires "
+                "after GATEWAY_IDEMPOTENCY_TTL"
+            ) from None
+
+    def _finish(self, name: str, revision: int, fingerprint: str, outcome: Outcome) -> None:
+        done = {
+            "fp": fingerprint,
+            "state": "done",
+            "status": outcome.status,
+            "headers": outcome.headers,
+            "body": outcome.body,
+        }
+        if not self.bus.connected:
+            logger.error("could not store the outcome for an Idempotency-Key: NATS is down")
+            return
+        try:
+            self.bus.kv_update(IDEMPOTENCY_BUCKET, name, _encode(done), last=revision)
+        except RevisionMismatch:
+            logger.error(
+                "could not store the outcome for an Idempotency-Key: its claim expired "
+                "(GATEWAY_IDEMPOTENCY_TTL shorter than the request) or was replaced"
+            )
+        except (BusError, TypeError, ValueError) as exc:  # the message went out; keep going
             logger.error("could not store the outcome for an Idempotency-Key: %s", exc)
 
-    def _release(self, key: str) -> None:
+    def _release(self, name: str, revision: int) -> None:
+        if not self.bus.connected:
+            logger.error("could not release an Idempotency-Key: NATS is down")
+            return
         try:
-            self._transaction(
-                lambda db: db.execute(
-                    "DELETE FROM idempotency WHERE key = ? AND state = 'pending'", (key,)
-                )
-            )
-        except IdempotencyUnavailable as exc:
+            self.bus.kv_delete(IDEMPOTENCY_BUCKET, name, last=revision)
+        except RevisionMismatch:
+            logger.warning("an Idempotency-Key to release had expired or changed meanwhile")
+        except BusError as exc:
             logger.error("could not release an Idempotency-Key: %s", exc)
 
-    def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        delay = BUSY_RETRY
-        give_up = time.monotonic() + BUSY_LIMIT
-        while True:
-            with self._lock:
-                try:
-                    db = self._connection()
-                    db.execute("BEGIN IMMEDIATE")
-                    try:
-                        result = work(db)
-                        self._maybe_purge(db)
-                        db.execute("COMMIT")
-                        return result
-                    except BaseException:
-                        db.execute("ROLLBACK")
-                        raise
-                except sqlite3.OperationalError as exc:
-                    if not _busy(exc) or time.monotonic() > give_up:
-                        raise IdempotencyUnavailable(
-                            f"the idempotency store {self.path} is not usable ({exc}); "
-                            "check GATEWAY_STATE_DIR is writable"
-                        ) from None
-            self.sleep(delay)
-            delay = min(delay * 2, 0.05)
-
-    def _maybe_purge(self, db: sqlite3.Connection) -> None:
-        now = self.clock()
-        if now - self._last_purge >= PURGE_EVERY:
-            self._last_purge = now
-            db.execute("DELETE FROM idempotency WHERE expires <= ?", (now,))
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                str(self.path), timeout=0, isolation_level=None, check_same_thread=False
-            )
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.executescript(SCHEMA)
-            except BaseException:
-                db.close()
-                raise
-            self._db = db
-        return self._db
-
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        """Nothing to close: the bucket belongs to the Bus."""
 
 
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
+def _encode(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _unavailable(exc: BusError) -> IdempotencyUnavailable:
+    return IdempotencyUnavailable(
+        f"the Idempotency-Key store (NATS Key-Value bucket {IDEMPOTENCY_BUCKET}) cannot be "
+        f"used: {exc}; NATS may be unreachable, retry later"
+    )
 
 
 def _error(status: int, message: str) -> Outcome:

@@ -17,7 +17,8 @@ Messages go through the same :class:`~telegram_gateway.sender.Sender` as ``POST 
 (pacing, 429 retries, group migration); gateway-side failures come back in the same envelope
 shape with HTTP-like codes: 400 malformed payload, 403 method not allowed, 429 the pacing
 queue is longer than ``GATEWAY_SEND_MAX_WAIT`` (``parameters.retry_after``), 502 the Bot API is
-unreachable, 503 the idempotency store is unusable, 504 the Bot API did not answer within
+unreachable, 503 NATS or the Idempotency-Key bucket is unusable or no worker paces the bot
+right now (``parameters.retry_after``; nothing was sent), 504 the Bot API did not answer within
 ``GATEWAY_SEND_TIMEOUT``. A request header ``Idempotency-Key`` works as on ``/send``.
 
 Requesters should allow ``GATEWAY_SEND_MAX_WAIT + GATEWAY_SEND_TIMEOUT`` plus a margin as the
@@ -37,6 +38,7 @@ from telegram_gateway.errors import (
     GatewayError,
     IdempotencyUnavailable,
     InvalidRequest,
+    PacingUnavailable,
     RateLimited,
 )
 from telegram_gateway.health import Check
@@ -91,7 +93,9 @@ def failure_envelope(error: GatewayError) -> dict[str, Any]:
     if isinstance(error, BotApiTimeout):
         return envelope_error(504, f"Gateway Timeout: {error}")
     if isinstance(error, IdempotencyUnavailable):
-        return envelope_error(503, f"Service Unavailable: {error}")
+        return envelope_error(503, f"Service Unavailable: {error}", retry_after=1)
+    if isinstance(error, PacingUnavailable):
+        return envelope_error(503, f"Service Unavailable: {error}", retry_after=error.retry_after)
     return envelope_error(502, f"Bad Gateway: {error}")
 
 

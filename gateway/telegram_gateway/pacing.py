@@ -1,4 +1,4 @@
-"""Telegram's flood limits, enforced before sending, shared by every worker on the host.
+"""Telegram's flood limits, enforced before sending, in the memory of the bot's owner.
 
 Telegram answers 429 (``retry_after``) when a bot sends more than 30 messages per second
 overall, more than 1 message per second to one private chat, or more than 20 messages per
@@ -6,15 +6,13 @@ minute to one group, supergroup or channel, each measured as a sliding window wh
 arrives, with no tolerance. The gateway never gets there: each message first *reserves a time
 slot* that satisfies all three limits with a margin, then sleeps until its slot and sends.
 
-Why a file: gunicorn runs several worker processes and each can send for the same bot, so the
-budget lives in a small state file per bot, ``<GATEWAY_STATE_DIR>/pacing/<bot_id>.slots``,
-shared by every worker on the host. A reservation takes the file's ``fcntl.flock`` with
-``LOCK_NB`` (retried with a short cooperative sleep: a blocking flock would block the whole
-gevent hub), reads the calendar, picks the earliest slot, writes it back and unlocks, all in
-well under a millisecond. Greenlets of one process first take an in-process lock (flock is
-per open file, so it does not exclude greenlets sharing the descriptor).
+Whose memory: every bot has one owner among the workers (its lease in ``TELEGRAM_OWNERS``,
+:mod:`telegram_gateway.ownership`), and only the owner's :class:`Pacer` hands out the bot's
+slots; a worker that receives a send for a bot it does not own asks the owner for the slot
+(:mod:`telegram_gateway.slots`) and sends itself when the owner says go. So one calendar per bot
+exists at a time, in one process, guarded by an in-process lock (cooperative under gevent).
 
-The calendar (times are ``time.time()``, comparable across processes):
+The calendar (times are ``time.time()`` of the owner):
 
 * per bot, every reserved send time of the last second and the future; a new slot keeps at
   least ``1/BOT_RATE`` s from every other one (evenly spaced: any 1 s window holds at most 30);
@@ -36,27 +34,19 @@ text reserves consecutive slots for all its parts at once. When the earliest slo
 ``max_wait`` seconds away nothing is reserved and :class:`RateLimited` tells the caller when
 to retry (``/send`` answers 429 with ``Retry-After``) instead of keeping it waiting.
 
-A state file that cannot be parsed (a crash in the middle of a write) is started afresh;
-entries implausibly far in the future (a clock that jumped back) are dropped.
+Entries implausibly far in the future (a clock that jumped back) are dropped.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import errno
-import fcntl
-import itertools
 import logging
 import math
-import os
-import struct
 import threading
 import time
-from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from telegram_gateway.errors import RateLimited
@@ -81,9 +71,6 @@ GROUP_WINDOW = 61.0  # Telegram says "per minute"; one second of margin for netw
 KEEP_PAST = 1.0  # seconds of bot-wide history kept (only the last 1/BOT_RATE matters)
 FUTURE_SLACK = 600.0  # entries further ahead than max_wait + this are a clock jump: dropped
 LATE_TOLERANCE = 0.015  # a send this much behind its slot re-checks the bot-wide spacing
-LOCK_POLL = 0.0005  # first sleep between two LOCK_NB attempts; doubles up to LOCK_POLL_MAX
-LOCK_POLL_MAX = 0.01
-LOCK_TIMEOUT = 10.0  # a lock nobody releases for this long is a bug: fail loudly
 
 
 @dataclass(frozen=True)
@@ -112,22 +99,21 @@ class Chat:
 
 
 class Pacer:
-    """Reserves send slots for bots; one per worker process, shared by its greenlets."""
+    """Reserves send slots for the bots this worker owns; one per worker process, shared by
+    its greenlets."""
 
     def __init__(
         self,
-        directory: Path,
         max_wait: float,
         enabled: bool = True,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.directory = directory
         self.max_wait = max_wait
         self.enabled = enabled
         self.clock = clock
         self.sleep = sleep
-        self._fds: dict[int, int] = {}
+        self._states: dict[int, dict[str, Any]] = {}
         self._local = threading.Lock()  # gevent-patched in workers: cooperative
 
     # ---- public --------------------------------------------------------------------------
@@ -145,7 +131,7 @@ class Pacer:
         if not self.enabled:
             return [self.clock()] * count
         bound = self.max_wait if max_wait is None else max_wait
-        with self._locked(bot_id) as (fd, state):
+        with self._locked(bot_id) as state:
             now = self.clock()  # after the lock: waiting for it must not age the request
             self._prune(state, now)
             slots = self._plan(state, chat, count, now)
@@ -160,19 +146,17 @@ class Pacer:
                 bisect.insort(state["g"], slot)
                 if chat is not None:
                     state["c"].setdefault(chat.key, []).append(slot)
-            self._write(fd, state)
         return slots
 
     def cancel(self, bot_id: int, chat: Chat | None, slots: list[float]) -> None:
         """Give back slots that will not be used (a later part failed, or a retry re-reserves)."""
         if not self.enabled or not slots:
             return
-        with self._locked(bot_id) as (fd, state):
+        with self._locked(bot_id) as state:
             for slot in slots:
                 _remove(state["g"], slot)
                 if chat is not None and chat.key in state["c"]:
                     _remove(state["c"][chat.key], slot)
-            self._write(fd, state)
 
     def wait_until(self, slot: float) -> float:
         """Sleep (cooperatively) until ``slot``; returns how long it slept."""
@@ -204,7 +188,7 @@ class Pacer:
 
     def _move(self, bot_id: int, chat: Chat | None, slot: float, late: bool) -> float:
         """``slot`` if the message may leave now; else the new slot it has taken."""
-        with self._locked(bot_id) as (fd, state):
+        with self._locked(bot_id) as state:
             now = self.clock()
             earliest = now if late else slot
             times = state["c"].setdefault(chat.key, []) if chat is not None else []
@@ -218,7 +202,6 @@ class Pacer:
             if chat is not None:
                 _remove(times, slot)
                 bisect.insort(times, moved)
-            self._write(fd, state)
         logger.debug(
             "bot %s: at %.0f ms past its slot, moved to a slot %.0f ms from now",
             bot_id,
@@ -227,11 +210,14 @@ class Pacer:
         )
         return moved
 
+    def forget(self, bot_id: int) -> None:
+        """Drop a bot's calendar (this worker no longer owns the bot)."""
+        with self._local:
+            self._states.pop(bot_id, None)
+
     def close(self) -> None:
-        for fd in self._fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds.clear()
+        with self._local:
+            self._states.clear()
 
     # ---- the calendar --------------------------------------------------------------------
     def _plan(
@@ -276,119 +262,14 @@ class Pacer:
                 else:
                     del chats[key]
 
-    # ---- the state file ------------------------------------------------------------------
+    # ---- the calendar's memory -----------------------------------------------------------
     @contextlib.contextmanager
-    def _locked(self, bot_id: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _locked(self, bot_id: int) -> Iterator[dict[str, Any]]:
         with self._local:
-            fd = self._fd(bot_id)
-            self._flock(fd)
-            try:
-                yield fd, self._read(fd)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _fd(self, bot_id: int) -> int:
-        fd = self._fds.get(bot_id)
-        if fd is None:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path = self.directory / f"{bot_id}.slots"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._fds[bot_id] = fd
-        return fd
-
-    def _flock(self, fd: int) -> None:
-        """Take the exclusive lock without ever blocking the process (LOCK_NB + sleep)."""
-        delay = LOCK_POLL
-        deadline = time.monotonic() + LOCK_TIMEOUT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                    raise
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the pacing lock in {self.directory} was held for more than "
-                    f"{LOCK_TIMEOUT:g} s; is another process stuck?"
-                )
-            self.sleep(delay)
-            delay = min(delay * 2, LOCK_POLL_MAX)
-
-    def _read(self, fd: int) -> dict[str, Any]:
-        size = os.fstat(fd).st_size
-        raw = os.pread(fd, size, 0) if size else b""
-        if raw:
-            try:
-                return _decode(raw)
-            except (ValueError, struct.error, UnicodeDecodeError):
-                logger.warning("pacing state in %s was unreadable; starting afresh", self.directory)
-        return {"g": [], "c": {}}
-
-    def _write(self, fd: int, state: dict[str, Any]) -> None:
-        data = _encode(state)
-        os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))
-
-
-# ---- the state file's format (little endian) ----------------------------------------------
-#   MAGIC, u32 n, n x f64        the reserved bot-wide slot times (sorted)
-#   u32 m, u32 b, b bytes        m chat keys, NUL separated (UTF-8)
-#   m x u32, sum x f64           how many times each chat has, then all of them (sorted per chat)
-MAGIC = b"GWP2"
-_U32 = struct.Struct("<I")
-_U32x2 = struct.Struct("<II")
-
-
-def _encode(state: dict[str, Any]) -> bytes:
-    chats: dict[str, list[float]] = state["c"]
-    keys = "\x00".join(chats).encode()
-    counts = array("I", [len(times) for times in chats.values()])
-    flat = array("d", itertools.chain.from_iterable(chats.values()))
-    return b"".join(
-        (
-            MAGIC,
-            _U32.pack(len(state["g"])),
-            array("d", state["g"]).tobytes(),
-            _U32x2.pack(len(chats), len(keys)),
-            keys,
-            counts.tobytes(),
-            flat.tobytes(),
-        )
-    )
-
-
-def _decode(raw: bytes) -> dict[str, Any]:
-    if raw[:4] != MAGIC:
-        raise ValueError("not a pacing state file")
-    view = memoryview(raw)
-    (count,) = _U32.unpack_from(view, 4)
-    offset = 8 + 8 * count
-    bot_wide = _doubles(view[8:offset], count)
-    chat_count, key_bytes = _U32x2.unpack_from(view, offset)
-    offset += 8
-    keys = bytes(view[offset : offset + key_bytes]).decode().split("\x00") if chat_count else []
-    offset += key_bytes
-    counts = array("I")
-    counts.frombytes(view[offset : offset + 4 * chat_count])
-    offset += 4 * chat_count
-    flat = _doubles(view[offset:], sum(counts))
-    if len(keys) != chat_count or len(counts) != chat_count:
-        raise ValueError("inconsistent chat table")
-    chats: dict[str, list[float]] = {}
-    position = 0
-    for key, number in zip(keys, counts, strict=True):
-        chats[key] = flat[position : position + number]
-        position += number
-    return {"g": bot_wide, "c": chats}
-
-
-def _doubles(view: memoryview, count: int) -> list[float]:
-    if len(view) != 8 * count:
-        raise ValueError("truncated pacing state")
-    values = array("d")
-    values.frombytes(view)
-    return values.tolist()
+            state = self._states.get(bot_id)
+            if state is None:
+                state = self._states[bot_id] = {"g": [], "c": {}}
+            yield state
 
 
 def _chat_ready(chat: Chat, times: list[float], slot: float, now: float) -> float:

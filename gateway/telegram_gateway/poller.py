@@ -1,9 +1,10 @@
 """One poller per bot: getUpdates -> JetStream (+ routing copies) -> confirm.
 
-The loop, for the worker that holds the bot's lock::
+The loop, for the worker that owns the bot::
 
-    getWebhookInfo (deleteWebhook if one is set)       once per holding, logged
+    getWebhookInfo (deleteWebhook if one is set)       once per ownership, logged
     loop:
+        still the owner? (lease not possibly expired, not handing over)   else stop here
         updates = getUpdates(offset, limit, timeout, allowed_updates)
         publish every update to JetStream, wait for every ack   (bus.publish_each)
             not acked (NATS down, timeout): keep the batch, retry only the unacked ones
@@ -15,22 +16,22 @@ makes the Bot API deliver the batch again and JetStream drops the second copy by
 ``Nats-Msg-Id``. The batch's memory of acknowledged updates also covers a NATS outage longer
 than the duplicate window: what was acked is not published again.
 
-**One poller per bot on a host.** Every worker runs a :class:`Poller` per bot, but only the
-holder of ``<state dir>/locks/<bot_id>.lock`` (``flock`` LOCK_EX|LOCK_NB, tried again every
-``lock_retry_interval``; never a blocking flock, which would block the gevent hub) polls.
-The kernel releases the lock when its holder dies, even by kill -9, and a standby takes over.
+**One poller per bot.** Every worker runs a :class:`Poller` per bot, but only the owner of the
+bot's lease in the Key-Value bucket ``TELEGRAM_OWNERS`` polls (:mod:`telegram_gateway.ownership`).
+The lease is checked before every getUpdates (which is also what confirms the previous batch),
+so an owner whose lease may have run out (NATS gone, the worker stalled) neither polls nor
+confirms; the next owner gets the unconfirmed updates again.
 
-**Health across workers.** ``/healthz`` may be answered by any worker, so the holder writes
-its state to ``<state dir>/pollers/<bot_id>.json`` (on every change and every
-``HEARTBEAT_INTERVAL``) and every worker judges that record with :func:`evaluate`. A 409
-Conflict (another poller or a webhook), a failing getUpdates, a batch waiting for NATS, no
-successful getUpdates for ``poller_stall_after`` and a missing or stale heartbeat are
-failures; each is logged once when it starts and once when it ends, not per attempt.
+**Health across workers and hosts.** ``/healthz`` may be answered by any worker, so the owner's
+state (:class:`PollerRecord`) is the value of its lease, written with every renewal and at once
+on every change, and every worker judges the record its watch last saw with :func:`evaluate`.
+A 409 Conflict (another poller or a webhook), a failing getUpdates, a batch waiting for NATS,
+no successful getUpdates for ``poller_stall_after`` and a missing or stale record are failures;
+each is logged once when it starts and once when it ends, not per attempt.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -39,7 +40,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -54,11 +54,12 @@ from telegram_gateway.updates import UpdateInfo, describe
 
 if TYPE_CHECKING:
     from telegram_gateway.files import ReceivedFiles
+    from telegram_gateway.ownership import Ownership
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL = 1.0  # seconds between the holder's state-file writes
-HEARTBEAT_STALE_AFTER = 10.0  # a record older than this has no live holder behind it
+STALE_AFTER = 10.0  # a record older than this has no live owner behind it
+STANDBY_CHECK = 0.25  # how often a standby looks whether it owns the bot now
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 NATS_RETRY_FIRST = 0.2
@@ -66,24 +67,25 @@ NATS_RETRY_MAX = 2.0
 REPEAT_LOG_EVERY = 60.0  # a persisting failure is logged again this often
 
 # states of a poller record
-STANDBY = "standby"  # in-memory only: this worker does not hold the lock
-STARTING = "starting"  # holder: checking for a webhook
+STANDBY = "standby"  # in-memory only: this worker does not own the bot
+STARTING = "starting"  # owner: checking for a webhook
 POLLING = "polling"
 BACKOFF = "backoff"  # getUpdates (or the webhook check) failed; retrying
 CONFLICT = "conflict"  # 409: another getUpdates or a webhook uses the token
 WAITING_FOR_NATS = "waiting_for_nats"  # a batch is not acked yet; nothing is confirmed
-STOPPED = "stopped"  # the holder let go (worker exit)
+STOPPED = "stopped"  # the owner let go (worker exit, handing over)
 
 
 @dataclass
 class PollerRecord:
-    """A holder's state, as written to the heartbeat file (wall-clock times)."""
+    """An owner's state, the value of its lease (wall-clock times)."""
 
     bot_id: int
     pid: int
     state: str
     reason: str = ""
-    since: float = 0.0  # when this worker started holding the lock
+    worker: str = ""  # <host>-<pid>
+    since: float = 0.0  # when this worker started owning the bot
     last_ok: float | None = None  # last successful getUpdates
     offset: int | None = None  # the next getUpdates offset (confirms everything before)
     unconfirmed: int = 0  # updates received and not yet confirmed
@@ -101,17 +103,14 @@ class PollerRecord:
 
 
 def evaluate(record: PollerRecord | None, now: float, stall_after: float, label: str = "") -> Check:
-    """The health of one bot's poller, from the holder's last record."""
+    """The health of one bot's poller, from its owner's last record."""
     who = f"bot {label}: " if label else ""
+    where = f"worker {record.worker or record.pid}" if record else ""
     if record is None:
-        return Check(False, f"{who}no worker polls yet (no poller lock holder has reported)")
+        return Check(False, f"{who}no worker polls yet (no worker owns the bot's lease)")
     age = now - record.updated
-    if age > HEARTBEAT_STALE_AFTER:
-        return Check(
-            False,
-            f"{who}no live poller: last heartbeat {age:.0f} s ago from worker pid {record.pid}",
-        )
-    where = f"worker pid {record.pid}"
+    if age > STALE_AFTER:
+        return Check(False, f"{who}no live poller: last record {age:.0f} s ago from {where}")
     if record.state == STOPPED:
         return Check(False, f"{who}poller in {where} stopped; another worker takes over")
     if record.state == CONFLICT:
@@ -138,39 +137,6 @@ def evaluate(record: PollerRecord | None, now: float, stall_after: float, label:
         return Check(True, f"{who}starting in {where}: {record.reason}")
     last = "none yet" if record.last_ok is None else f"{now - record.last_ok:.1f} s ago"
     return Check(True, f"{who}polling in {where}; offset {record.offset}; last getUpdates {last}")
-
-
-class BotLock:
-    """``flock`` on a file: exclusive across processes, released by the kernel at death."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def try_acquire(self) -> bool:
-        """Take the lock if it is free; never waits."""
-        if self._fd is not None:
-            return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)  # closing the last descriptor releases the flock
 
 
 @dataclass
@@ -211,6 +177,8 @@ class Poller:
         router: Router | None = None,
         clock: Callable[[], float] = time.time,
         files: ReceivedFiles | None = None,
+        *,
+        ownership: Ownership,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -222,20 +190,18 @@ class Poller:
         self.pid = os.getpid()
         self.label = self.bot.label
         self._bot = str(self.bot.bot_id)
-        self.lock = BotLock(settings.state_dir / "locks" / f"{self.bot.bot_id}.lock")
-        self.state_path = settings.state_dir / "pollers" / f"{self.bot.bot_id}.json"
+        self.ownership = ownership
+        self.ownership.reporter(self.bot.bot_id, self.snapshot)
+        self.owning = False  # this worker polls the bot now
         self.record = PollerRecord(bot_id=self.bot.bot_id, pid=self.pid, state=STANDBY)
         self._batch: _Batch | None = None
         self._stop = threading.Event()
         self._runner: Any = None
-        self._beater: Any = None
-        self._write_lock = threading.Lock()
         self._failing: str | None = None  # the kind of failure being logged, if any
         self._failures = 0
         self._failing_logged = 0.0
         self._webhook_checked = False
         self._polled_once = False
-        self._write_error = ""
 
     def __repr__(self) -> str:
         return f"Poller(bot={self.label}, pid={self.pid}, state={self.record.state})"
@@ -247,38 +213,51 @@ class Poller:
         self._stop.clear()
         self.pid = self.record.pid = os.getpid()
         self._runner = _spawn(self._run, f"poller-{self._bot}")
-        self._beater = _spawn(self._heartbeat_loop, f"poller-heartbeat-{self._bot}")
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Let go of the lock; an in-flight getUpdates is abandoned (its updates are not
-        confirmed, so the next holder gets them again)."""
+        """Let go of the bot; an in-flight getUpdates is abandoned (its updates are not
+        confirmed, so the next owner gets them again)."""
         self._stop.set()
-        for runner in (self._runner, self._beater):
-            if runner is None:
-                continue
+        runner = self._runner
+        if runner is not None:
             if hasattr(runner, "kill"):  # a greenlet, maybe blocked in a long poll
                 runner.kill(block=True, timeout=timeout)
             else:
                 runner.join(timeout)
-        self._runner = self._beater = None
+        self._runner = None
         self._let_go()
 
     def checks(self) -> dict[str, Check]:
-        record = self.record if self.lock.held else self.read_record()
-        check = evaluate(record, self.clock(), self.settings.poller_stall_after, self.label)
+        if not self.bus.connected:
+            # the leases and the records live in NATS: without it nobody may poll
+            check = Check(
+                False,
+                f"bot {self.label}: not polling: NATS disconnected; nothing is confirmed to the "
+                "Bot API until JetStream is back",
+            )
+        else:
+            check = evaluate(
+                self.read_record(), self.clock(), self.settings.poller_stall_after, self.label
+            )
         return {f"poller:{self.bot.bot_id}": check}
 
     # ---- shared state ------------------------------------------------------------------------
     def read_record(self) -> PollerRecord | None:
-        """The holder's last record (written by whichever worker holds the lock)."""
-        try:
-            return PollerRecord.from_json(self.state_path.read_text())
-        except (OSError, ValueError, TypeError):
+        """The owner's last record (this worker's own when it owns the bot), ``updated`` being
+        when this worker last heard of it."""
+        if self.owning:
+            return self._current()
+        data, age = self.ownership.record(self.bot.bot_id)
+        if data is None:
             return None
+        try:
+            record = PollerRecord.from_json(json.dumps(data))
+        except (TypeError, ValueError):
+            return None
+        record.updated = self.clock() - age
+        return record
 
-    def _write_record(self) -> None:
-        if not self.lock.held:
-            return
+    def _current(self) -> PollerRecord:
         record = self.record
         record.updated = self.clock()
         batch = self._batch
@@ -286,66 +265,32 @@ class Poller:
         record.oldest_unconfirmed = batch.received if batch else None
         lag = record.updated - batch.received if batch else 0.0
         metrics.POLLER_LAG.labels(self._bot).set(max(lag, 0.0))
-        text = record.to_json()
-        with self._write_lock:
-            try:
-                self.state_path.parent.mkdir(parents=True, exist_ok=True)
-                temporary = self.state_path.with_name(f".{self.state_path.name}.{self.pid}")
-                temporary.write_text(text)
-                os.replace(temporary, self.state_path)
-                self._write_error = ""
-            except OSError as exc:
-                if str(exc) != self._write_error:
-                    logger.warning(
-                        "bot %s: cannot write the poller state file (%s); other workers' "
-                        "/healthz will call this poller dead",
-                        self.label,
-                        exc,
-                    )
-                self._write_error = str(exc)
+        return record
+
+    def snapshot(self) -> dict[str, Any]:
+        """The record written with the lease (called by the ownership's renewals)."""
+        return asdict(self._current())
 
     def _set(self, state: str, reason: str = "") -> None:
         changed = state != self.record.state or reason != self.record.reason
         self.record.state = state
         self.record.reason = reason
-        if changed:
-            self._write_record()
-
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_INTERVAL):
-            try:
-                self._write_record()
-            except Exception:
-                logger.exception("bot %s: poller heartbeat failed", self.label)
+        if changed and self.owning:
+            self.ownership.changed(self.bot.bot_id)
 
     # ---- the loop --------------------------------------------------------------------------
     def _run(self) -> None:
         announced = False
-        lock_error = ""
+        bot_id = self.bot.bot_id
         while not self._stop.is_set():
-            try:
-                acquired = self.lock.try_acquire()
-            except OSError as exc:
-                if str(exc) != lock_error:
-                    logger.error(
-                        "bot %s: cannot use the poller lock (%s); is GATEWAY_STATE_DIR "
-                        "writable by the gateway's user?",
-                        self.label,
-                        exc,
-                    )
-                lock_error = str(exc)
-                self._stop.wait(self.settings.lock_retry_interval)
-                continue
-            lock_error = ""
-            if not acquired:
+            if not self.ownership.wait(bot_id, STANDBY_CHECK):
                 if not announced:
                     logger.info(
-                        "bot %s: another worker polls; this one (pid %d) stands by",
+                        "bot %s: another worker polls; this one (%s) stands by",
                         self.label,
-                        self.pid,
+                        self.ownership.name,
                     )
                     announced = True
-                self._stop.wait(self.settings.lock_retry_interval)
                 continue
             announced = False
             try:
@@ -354,33 +299,55 @@ class Poller:
                 logger.exception("bot %s: poller failed; starting it again", self.label)
                 self._stop.wait(BACKOFF_FIRST)
             finally:
-                if self._stop.is_set():
-                    self._let_go()
+                self._let_go()
+
+    def _owner(self) -> bool:
+        """Checked before every getUpdates: may this worker (still) poll the bot?"""
+        return self.ownership.keeps(self.bot.bot_id)
 
     def _let_go(self) -> None:
-        if not self.lock.held:
+        if not self.owning:
             return
-        self._set(STOPPED, "worker exiting")
+        keeps = self._owner()
+        self.owning = False
+        reason = "worker exiting" if self._stop.is_set() else "handing over"
+        if not keeps and not self._stop.is_set() and not self.ownership.holds(self.bot.bot_id):
+            reason = "lease lost"
+            logger.warning(
+                "bot %s: worker %s cannot be sure of its lease any more (not renewed in time); "
+                "it stopped polling",
+                self.label,
+                self.ownership.name,
+            )
+        self.record.state, self.record.reason = STOPPED, reason
         metrics.POLLER_ACTIVE.labels(self._bot).set(0)
         metrics.POLLER_LAG.labels(self._bot).set(0)
-        self.lock.release()
+        self.ownership.release(self.bot.bot_id)
         self.record.state = STANDBY
-        logger.info("bot %s: worker pid %d stopped polling", self.label, self.pid)
+        logger.info(
+            "bot %s: worker %s stopped polling (%s)", self.label, self.ownership.name, reason
+        )
 
     def _hold(self) -> None:
         now = self.clock()
         self.record = PollerRecord(
-            bot_id=self.bot.bot_id, pid=self.pid, state=STARTING, since=now, updated=now
+            bot_id=self.bot.bot_id,
+            pid=self.pid,
+            state=STARTING,
+            worker=self.ownership.name,
+            since=now,
+            updated=now,
         )
+        self.owning = True
         metrics.POLLER_ACTIVE.labels(self._bot).set(1)
-        logger.info("bot %s: worker pid %d polls getUpdates", self.label, self.pid)
+        logger.info("bot %s: worker %s polls getUpdates", self.label, self.ownership.name)
         self._webhook_checked = False
         self._polled_once = False
         self._batch = None
         self._set(STARTING, "checking for a webhook")
         offset: int | None = None
         backoff = BACKOFF_FIRST
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._owner():
             if not self.bus.connected:
                 self._wait_for_nats(now)
                 continue
@@ -418,7 +385,7 @@ class Poller:
                 continue
             self._batch = batch
             if not self._deliver(batch):
-                return  # stopping: the batch stays unconfirmed, the next holder gets it again
+                return  # stopping: the batch stays unconfirmed, the next owner gets it again
             offset = batch.next_offset
             self.record.offset = offset
             self._batch = None
@@ -477,7 +444,7 @@ class Poller:
         False when stopping first."""
         started = time.monotonic()
         retry = NATS_RETRY_FIRST
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self.ownership.holds(self.bot.bot_id):
             pending = [item for item in batch.items if item[0].update_id not in batch.acked]
             problem = ""
             if pending:

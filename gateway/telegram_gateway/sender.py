@@ -2,9 +2,11 @@
 
 One :class:`Sender` per worker process, shared by all its greenlets. For each Bot API call it
 
-1. reserves a time slot within Telegram's limits (:mod:`telegram_gateway.pacing`, shared by all
-   workers on the host; too far away -> :class:`RateLimited`, nothing sent);
-2. sleeps until the slot, then calls the Bot API, bounded by ``GATEWAY_SEND_TIMEOUT``;
+1. reserves a time slot within Telegram's limits from the bot's owner
+   (:mod:`telegram_gateway.slots`: this worker's own calendar, or the owning worker's over
+   NATS; too far away -> :class:`RateLimited`, no owner to be had ->
+   :class:`PacingUnavailable`, nothing sent);
+2. waits until the slot, then calls the Bot API, bounded by ``GATEWAY_SEND_TIMEOUT``;
 3. on a 429 waits Telegram's ``retry_after`` and tries again (at most ``ATTEMPTS`` times, and
    only while the extra wait stays within ``GATEWAY_SEND_MAX_WAIT``);
 4. on ``400`` with ``parameters.migrate_to_chat_id`` (a group became a supergroup) sends once
@@ -26,7 +28,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from telegram_gateway import metrics
 from telegram_gateway.botapi import BotApi, Reply
@@ -36,6 +38,7 @@ from telegram_gateway.errors import (
     BotApiTimeout,
     BotApiUnreachable,
     GatewayError,
+    PacingUnavailable,
     RateLimited,
 )
 from telegram_gateway.health import Check
@@ -43,6 +46,9 @@ from telegram_gateway.outbound import Upload
 from telegram_gateway.pacing import PRIVATE_INTERVAL, Chat, Pacer
 from telegram_gateway.redact import redact
 from telegram_gateway.replies import ReplyGuard
+
+if TYPE_CHECKING:
+    from telegram_gateway.slots import Slots
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +121,7 @@ class Delivery:
         if self.results or self.ok:
             return True
         if self.failure is not None:
-            return not isinstance(self.failure, RateLimited | BotApiUnreachable)
+            return not isinstance(self.failure, RateLimited | BotApiUnreachable | PacingUnavailable)
         assert self.telegram_error is not None
         return self.telegram_error.get("error_code") != 429
 
@@ -127,13 +133,11 @@ class Sender:
         self,
         settings: Settings,
         api: BotApi,
-        pacer: Pacer | None = None,
+        pacer: Pacer | Slots | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
-        self.pacer = pacer or Pacer(
-            settings.state_dir / "pacing", settings.send_max_wait, settings.send_pacing
-        )
+        self.pacer = pacer or Pacer(settings.send_max_wait, settings.send_pacing)
         self._moved: dict[tuple[int, str], int] = {}  # (bot, old chat) -> supergroup id
         self.guard = ReplyGuard(settings.bots)  # no token in what leaves the gateway
 
@@ -174,8 +178,8 @@ class Sender:
         if paced:
             try:
                 slots = self.pacer.reserve(bot.bot_id, chat, sum(_count(method, p) for p in parts))
-            except RateLimited as exc:
-                metrics.SENDS.labels(label, method, "refused").inc()
+            except (RateLimited, PacingUnavailable) as exc:
+                metrics.SENDS.labels(label, method, _refusal(exc)).inc()
                 delivery.failure = exc
                 return delivery
         reserved = time.time()
@@ -184,7 +188,12 @@ class Sender:
             if "chat_id" in params:
                 params["chat_id"] = chat_id
             if index < len(slots):
-                self.pacer.wait_turn(bot.bot_id, chat, slots[index])
+                try:
+                    self.pacer.wait_turn(bot.bot_id, chat, slots[index])
+                except PacingUnavailable as exc:  # the owner went away: this part is not sent
+                    metrics.SENDS.labels(label, method, _refusal(exc)).inc()
+                    delivery.failure = exc
+                    break
                 metrics.SEND_WAIT.labels(label).observe(max(0.0, slots[index] - reserved))
             fresh = paced and index >= len(slots)
             reply, error = self._attempts(bot, method, params, upload, chat, fresh)
@@ -231,11 +240,11 @@ class Sender:
                 started = time.time()
                 try:
                     (slot,) = self.pacer.reserve(bot.bot_id, chat, 1, max_wait=budget)
-                except RateLimited as exc:
-                    metrics.SENDS.labels(label, method, "refused").inc()
+                    waited = time.time()
+                    self.pacer.wait_turn(bot.bot_id, chat, slot)
+                except (RateLimited, PacingUnavailable) as exc:
+                    metrics.SENDS.labels(label, method, _refusal(exc)).inc()
                     return reply, exc
-                waited = time.time()
-                self.pacer.wait_turn(bot.bot_id, chat, slot)
                 budget -= time.time() - waited
                 metrics.SEND_WAIT.labels(label).observe(max(0.0, slot - started))
             if upload is not None:
@@ -281,6 +290,11 @@ class Sender:
             self._moved.clear()
         self._moved[(bot.bot_id, str(old))] = new
         logger.info("bot %s: chat %s moved to supergroup %s", bot.label, old, new)
+
+
+def _refusal(exc: GatewayError) -> str:
+    """The sends metric's status for a message that was not sent."""
+    return "refused" if isinstance(exc, RateLimited) else "unavailable"
 
 
 def _pacing_chat(method: str, chat_id: Any) -> Chat | None:

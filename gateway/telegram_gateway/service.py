@@ -20,9 +20,12 @@ from telegram_gateway.files import ReceivedFiles
 from telegram_gateway.health import BotApiProbe, Check, Component
 from telegram_gateway.idempotency import IdempotencyStore
 from telegram_gateway.nats_api import OutboundService
+from telegram_gateway.ownership import Ownership
+from telegram_gateway.pacing import Pacer
 from telegram_gateway.poller import Poller
 from telegram_gateway.routing import load_routes
 from telegram_gateway.sender import Sender
+from telegram_gateway.slots import Slots
 
 logger = logging.getLogger(__name__)
 
@@ -43,21 +46,35 @@ class Gateway:
         )
         self.components: list[Component] = [self.probe]
         self.started = False
+        # which worker polls and paces each bot: leases in the TELEGRAM_OWNERS bucket (started
+        # before the pollers, stopped after them)
+        self.ownership = Ownership(settings, self.bus, list(self.clients))
+        self.add(self.ownership)
         # inbound: the routing rules (a bad file is a ConfigError at start-up) and one poller
-        # per bot; only the worker holding a bot's lock polls, the others stand by
+        # per bot; only the worker owning a bot polls, the others stand by
         self.router = load_routes(settings.routes_file, settings.bots)
         # received files for agents (telegram.files.<bot>.get, GET /files, store_files rules)
         self.files = ReceivedFiles(settings, self.bus, self.clients)
         self.pollers = {
-            bot_id: Poller(settings, client, self.bus, self.router, files=self.files)
+            bot_id: Poller(
+                settings, client, self.bus, self.router, files=self.files, ownership=self.ownership
+            )
             for bot_id, client in self.clients.items()
         }
         for poller in self.pollers.values():
             self.add(poller)
-        # outbound: one sender per worker behind POST /send and telegram.out.<bot>.<method>
-        self.sender = Sender(settings, self.botapi)
+        # outbound: one sender per worker behind POST /send and telegram.out.<bot>.<method>;
+        # each bot's owner paces it in its memory, the other workers ask it for slots
+        self.slots = Slots(
+            settings,
+            self.bus,
+            self.ownership,
+            Pacer(settings.send_max_wait, settings.send_pacing),
+        )
+        self.add(self.slots)
+        self.sender = Sender(settings, self.botapi, self.slots)
         self.idempotency = IdempotencyStore(
-            settings.state_dir / "idempotency.sqlite3", settings.idempotency_ttl
+            self.bus, settings.idempotency_ttl, settings.idempotency_max_bytes
         )
         self.outbound = OutboundService(settings, self.bus, self.sender, self.idempotency)
         self.add(self.sender)
@@ -99,10 +116,21 @@ class Gateway:
 
     def checks(self) -> dict[str, Check]:
         bus = self.bus.status()
-        if bus["connected"] and bus["stream_ready"] and bus["files_bucket_ready"]:
+        if (
+            bus["connected"]
+            and bus["stream_ready"]
+            and bus["files_bucket_ready"]
+            and bus["buckets_ready"]
+        ):
             nats_check = Check(
                 True,
-                f"connected; stream {bus['stream']} and object store {bus['files_bucket']} ready",
+                f"connected; stream {bus['stream']}, object store {bus['files_bucket']} and "
+                "Key-Value buckets ready",
+            )
+        elif bus["connected"] and bus["stream_ready"] and bus["files_bucket_ready"]:
+            nats_check = Check(
+                False,
+                f"connected but a Key-Value bucket is not ready: {bus['last_error']}",
             )
         elif bus["connected"] and bus["stream_ready"]:
             nats_check = Check(

@@ -17,6 +17,9 @@ import yaml
 
 from conftest import ROLES_DIR, ROUTES, SOME_UPDATE_TYPES, FakeSecrets, Rendered, load_yaml, tool
 from telegram_gateway.bus import INBOX_PREFIX
+from telegram_gateway.idempotency import IDEMPOTENCY_BUCKET
+from telegram_gateway.ownership import OWNERS_BUCKET
+from telegram_gateway.slots import SUBJECT_PREFIX as SLOTS_PREFIX
 
 
 def parse_environment_file(text: str) -> dict[str, str]:
@@ -122,6 +125,10 @@ def test_gateway_environment_file(rendered: Rendered, fake_secrets: FakeSecrets)
         "GATEWAY_FILES_MAX_BYTES": "104857600",
         "GATEWAY_FILES_TTL": "86400",
         "GATEWAY_FILES_BUCKET_MAX_BYTES": "1073741824",
+        # the state the workers share, in NATS Key-Value buckets
+        "GATEWAY_LEASE_TTL": "3",
+        "GATEWAY_IDEMPOTENCY_TTL": "86400",
+        "GATEWAY_IDEMPOTENCY_MAX_BYTES": "67108864",
         "GATEWAY_STREAM_MAX_AGE": "3600",
     }
 
@@ -403,6 +410,72 @@ def test_agents_can_neither_read_nor_forge_the_gateways_replies(
                 assert ack.stream == "TELEGRAM"
             await asyncio.sleep(0.2)
             assert seen == []  # the acks went to the gateway only
+        finally:
+            await agents.close()
+            await gateway.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_gateways_buckets_and_internal_subjects_are_the_ones_the_role_protects() -> None:
+    variables = load_yaml(ROLES_DIR / "nats_server" / "vars" / "main.yml")
+    assert variables["_nats_server_owners_bucket"] == OWNERS_BUCKET
+    assert variables["_nats_server_idempotency_bucket"] == IDEMPOTENCY_BUCKET
+    assert SLOTS_PREFIX.split(".")[0] == variables["_nats_server_gateway_internal_prefix"]
+
+
+@pytest.mark.integration
+def test_only_the_gateway_uses_its_leases_idempotency_keys_and_slot_requests(
+    live_nats: str, fake_secrets: FakeSecrets
+) -> None:
+    """The gateway's shared state: it keeps its leases and Idempotency-Keys in Key-Value
+    buckets and asks its own workers for send slots. An agent can neither read those buckets
+    (a key's answer holds a sent message), nor write a lease (and so stop a bot's polling),
+    nor ask for or answer a slot request."""
+    pytest.importorskip("nats")
+    from nats.js.api import KeyValueConfig
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        gateway, agents = await connect_users(live_nats, fake_secrets, errors)
+        try:
+            js = gateway.jetstream()
+            owners = await js.create_key_value(KeyValueConfig(bucket=OWNERS_BUCKET, ttl=60))
+            keys = await js.create_key_value(KeyValueConfig(bucket=IDEMPOTENCY_BUCKET, ttl=60))
+            revision = await owners.create("bots.1", b'{"worker":"host-1"}')
+            await owners.update("bots.1", b'{"worker":"host-1"}', last=revision)
+            await keys.create("k.abc", b'{"state":"done","body":{"text":"secret"}}')
+
+            async def grant(msg) -> None:
+                await msg.respond(b'{"slots":[1.0]}')
+
+            await gateway.subscribe(f"{SLOTS_PREFIX}.host-1", cb=grant)
+            await gateway.flush()
+            asked = await gateway.request(f"{SLOTS_PREFIX}.host-1", b"{}", timeout=5)
+            assert asked.data == b'{"slots":[1.0]}'
+
+            agents_js = agents.jetstream()
+            for bucket in (OWNERS_BUCKET, IDEMPOTENCY_BUCKET):
+                errors.clear()
+                with pytest.raises(Exception):  # noqa: B017 - refused: timeout or API error
+                    await asyncio.wait_for(agents_js.key_value(bucket), 5)
+                await until_violation(errors)
+            errors.clear()
+            await agents.publish(f"$KV.{OWNERS_BUCKET}.bots.1", b'{"worker":"agent"}')
+            await agents.publish(f"$KV.{IDEMPOTENCY_BUCKET}.k.abc", b"forged")
+            await agents.flush()
+            await until_violation(errors)
+            errors.clear()
+            with pytest.raises(Exception):  # noqa: B017
+                await agents.request(f"{SLOTS_PREFIX}.host-1", b"{}", timeout=2)
+            await until_violation(errors)
+            errors.clear()
+            await agents.subscribe(f"{SLOTS_PREFIX}.>")
+            await agents.flush()
+            await until_violation(errors)
+            # untouched
+            assert (await owners.get("bots.1")).value == b'{"worker":"host-1"}'
+            assert b"secret" in ((await keys.get("k.abc")).value or b"")
         finally:
             await agents.close()
             await gateway.close()

@@ -282,6 +282,16 @@ CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
         {"telegram_gateway_watchdog_sec": 3},
         "telegram_gateway_watchdog_sec",
     ),
+    "gateway_lease_ttl_too_short": (
+        "telegram_gateway",
+        {"telegram_gateway_lease_ttl": 1},
+        "telegram_gateway_lease_ttl",
+    ),
+    "gateway_idempotency_bucket_too_small": (
+        "telegram_gateway",
+        {"telegram_gateway_idempotency_max_bytes": 1000},
+        "telegram_gateway_idempotency_max_bytes",
+    ),
     "gateway_api_dir_relative": (
         "telegram_gateway",
         {"telegram_gateway_telegram_api_dir": "var/lib/telegram-bot-api"},

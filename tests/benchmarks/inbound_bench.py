@@ -200,11 +200,10 @@ def run(stack: Stack, n: int, workers: int) -> int:
     sampler.join(5)
     count, span = asyncio.run(stream_span(nats_url, password, "TELEGRAM"))
     assert count == n, count
-    record = json.loads((gateway.state_dir / "pollers" / f"{BOT_ID}.json").read_text())
-    holder = record["pid"]
+    holder = stack.holder(gateway, BOT_ID)["pid"]  # the owner's record in its lease
     rss_mib = vm_hwm_kib(holder) / 1024
     others = [vm_hwm_kib(pid) / 1024 for pid in gateway.worker_pids() if pid != holder]
-    # the holder's CPU minus a standby's (start-up, heartbeats, /healthz): the cost of
+    # the owner's CPU minus a standby's (start-up, leases, /healthz): the cost of
     # the updates themselves, independent of what else runs on the machine
     standby = [cpu_seconds(pid) for pid in gateway.worker_pids() if pid != holder]
     cpu = cpu_seconds(holder) - (min(standby) if standby else 0.0)

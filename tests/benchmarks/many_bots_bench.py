@@ -156,6 +156,17 @@ def run(stack: Stack, bots: list[int], args: argparse.Namespace) -> int:
             f"{len(bots)} bots, {args.workers} workers: every bot polled "
             f"{time.monotonic() - started:.1f} s after the gateway's start"
         )
+        leases = stack.leases()
+        owners: dict[str, int] = {}
+        for record in leases.values():
+            owners[str(record.get("worker"))] = owners.get(str(record.get("worker")), 0) + 1
+        polling = sum(1 for record in leases.values() if record.get("state") == "polling")
+        print(
+            f"leases in TELEGRAM_OWNERS: {len(leases)} of {len(bots)} bots owned, {polling} "
+            f"polling; bots per worker: {sorted(owners.values())}"
+        )
+        if len(leases) != len(bots) or polling != len(bots):
+            missed.append("not every bot owned and polling")
         # the first injection includes start-up: measure the steady state with a second round
         sent = inject_all(stack, bots, "again")
         wait_until(lambda: all((b, "again") in arrivals.seen for b in bots), 60, "round 2")

@@ -18,7 +18,6 @@ BOT_IDS = (700000001, 700000002)
 # fast enough to see failures and recoveries within a test's bounds
 INBOUND_SETTINGS = {
     "GATEWAY_LOG_LEVEL": "DEBUG",
-    "GATEWAY_LOCK_RETRY_INTERVAL": "0.5",
     "GATEWAY_PUBLISH_TIMEOUT": "2",
 }
 

@@ -171,9 +171,10 @@ def test_one_sender_paces_http_and_nats_together(out):
     assert out.emulator.stats()["flood_429"] == 0
 
 
-def pacing_files(out) -> dict[str, tuple[int, int]]:
-    folder = out.gateway.state_dir / "pacing"
-    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("*")}
+def shared_state(out) -> dict[str, dict[str, int]]:
+    """What the gateway keeps in NATS: every key of its Key-Value buckets but the leases
+    (renewed every second) with its revision."""
+    return {"idempotency": out.kv_keys("TELEGRAM_IDEMPOTENCY")}
 
 
 @pytest.mark.parametrize(
@@ -195,8 +196,9 @@ def pacing_files(out) -> dict[str, tuple[int, int]]:
     ],
 )
 def test_a_malformed_chat_id_is_refused_before_it_touches_any_state(out, chat_id):
-    """A 400 envelope naming the field, and the pacing calendar is not even read."""
-    before = pacing_files(out)
+    """A 400 envelope naming the field; no Idempotency-Key is claimed, nothing is paced or sent
+    (the pacing of a good message right after it is checked by the tests around)."""
+    before = shared_state(out)
     sent_before = len(out.sent())
     for method, params in (
         ("sendMessage", {"chat_id": chat_id, "text": "x"}),
@@ -206,8 +208,14 @@ def test_a_malformed_chat_id_is_refused_before_it_touches_any_state(out, chat_id
         field = "chat_id" if method == "sendMessage" else "from_chat_id"
         assert reply["ok"] is False and reply["error_code"] == 400, reply
         assert reply["description"].startswith(f"Bad Request: {field}: "), reply
-    assert pacing_files(out) == before
+    assert shared_state(out) == before
     assert len(out.sent()) == sent_before
+    # the bot's calendar is intact: two messages to one chat right after keep their distance
+    chat = PRIVATE[73]
+    for text in ("a", "b"):
+        assert out.request(subject("sendMessage"), {"chat_id": chat, "text": text})["ok"]
+    first, second = (record["time"] for record in out.sent(chat)[-2:])
+    assert second - first >= 1.0
 
 
 def test_chat_ids_as_text_and_usernames_are_accepted(out):

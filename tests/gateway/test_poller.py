@@ -119,12 +119,64 @@ class FakeBus:
         self.core.extend(messages)
 
 
+class FakeLeases:
+    """The ownership of one bot, in memory: the first poller that asks owns it until it lets
+    go or the test revokes the lease (as an expiry would)."""
+
+    def __init__(self) -> None:
+        self.owner: str | None = None
+        self.names = iter(f"host-{n}" for n in range(100))
+        self.reporters: dict[str, Any] = {}
+        self.revoked: set[str] = set()
+        self.lock = threading.Lock()
+
+    def view(self) -> FakeLeaseView:
+        return FakeLeaseView(self, next(self.names))
+
+
+class FakeLeaseView:
+    """One worker's side of :class:`FakeLeases` (what a Poller uses of Ownership)."""
+
+    def __init__(self, leases: FakeLeases, name: str) -> None:
+        self.leases = leases
+        self.name = name
+
+    def reporter(self, bot_id: int, snapshot: Any) -> None:
+        self.leases.reporters[self.name] = snapshot
+
+    def holds(self, bot_id: int) -> bool:
+        return self.leases.owner == self.name and self.name not in self.leases.revoked
+
+    keeps = holds
+
+    def wait(self, bot_id: int, timeout: float) -> bool:
+        with self.leases.lock:
+            if self.leases.owner is None and self.name not in self.leases.revoked:
+                self.leases.owner = self.name
+        if not self.holds(bot_id):
+            time.sleep(min(timeout, 0.02))
+        return self.holds(bot_id)
+
+    def changed(self, bot_id: int) -> None:
+        pass
+
+    def release(self, bot_id: int) -> None:
+        with self.leases.lock:
+            if self.leases.owner == self.name:
+                self.leases.owner = None
+
+    def record(self, bot_id: int) -> tuple[dict[str, Any] | None, float]:
+        owner = self.leases.owner
+        if owner is None:
+            return None, 0.0
+        return self.leases.reporters[owner](), 0.0
+
+
 def settings_for(tmp_path: Path, **overrides: Any):
     env = {
         "TELEGRAM_BOT_TOKENS": fake_token(BOT_ID),
         "GATEWAY_API_TOKEN": "t" * 20,
         "GATEWAY_STATE_DIR": str(tmp_path),
-        "GATEWAY_LOCK_RETRY_INTERVAL": "0.05",
         "GATEWAY_POLL_TIMEOUT": "0",
         "GATEWAY_POLL_LIMIT": "10",
     }
@@ -135,11 +187,14 @@ def settings_for(tmp_path: Path, **overrides: Any):
 def make(tmp_path: Path):
     pollers: list[Poller] = []
 
+    leases = FakeLeases()
+
     def build(api=None, bus=None, router=None, **overrides) -> tuple[Poller, FakeBotApi, FakeBus]:
         settings = settings_for(tmp_path, **overrides)
         api = api or FakeBotApi(settings.bots[0])
         bus = bus or FakeBus()
-        poller = Poller(settings, api, bus, router)  # type: ignore[arg-type]
+        poller = Poller(settings, api, bus, router, ownership=leases.view())  # type: ignore[arg-type]
+        poller.leases = leases  # type: ignore[attr-defined]
         pollers.append(poller)
         return poller, api, bus
 
@@ -257,18 +312,41 @@ def test_one_poller_per_bot_and_takeover(make):
     second, _, _ = make(api=api, bus=bus)
     api.add(5)
     first.start()
-    wait_until(lambda: first.lock.held, 5, "first holds the lock")
+    wait_until(lambda: first.owning, 5, "first owns the bot")
     second.start()
     wait_until(lambda: api.confirmed == 1005, 5, "first delivered")
-    time.sleep(0.2)  # a window in which the standby must not take the lock
-    assert not second.lock.held
-    # the standby reports the holder's state from the shared file
+    time.sleep(0.2)  # a window in which the standby must not take the bot
+    assert not second.owning
+    # the standby reports the owner's state from its lease
     assert second.checks()[f"poller:{BOT_ID}"].ok
-    assert f"pid {first.pid}" in second.checks()[f"poller:{BOT_ID}"].reason
+    assert f"worker {first.ownership.name}" in second.checks()[f"poller:{BOT_ID}"].reason
     first.stop(timeout=1)
-    wait_until(lambda: second.lock.held, 5, "second takes over")
+    wait_until(lambda: second.owning, 5, "second takes over")
     api.add(5)
     wait_until(lambda: api.confirmed == 1010, 5, "second delivered")
+    assert stored_ids(bus) == list(range(1000, 1010))
+
+
+def test_a_lost_lease_stops_polling_before_the_next_getupdates(make):
+    """The lease is checked before every getUpdates (which confirms the previous batch): once
+    it may have expired, the worker neither polls nor confirms, and another one takes over
+    from the last confirmed offset."""
+    first, api, bus = make()
+    api.add(5)
+    first.start()
+    wait_until(lambda: api.confirmed == 1005, 5, "first delivered")
+    leases = first.leases  # type: ignore[attr-defined]
+    leases.revoked.add(first.ownership.name)  # as if its lease had run out
+    wait_until(lambda: not first.owning, 5, "first stops")
+    calls = api.calls.count("getUpdates")
+    api.add(5)
+    time.sleep(0.3)  # a window in which the stalled owner must not poll
+    assert api.calls.count("getUpdates") == calls
+    assert api.confirmed == 1005
+    second, _, _ = make(api=api, bus=bus)
+    second.start()
+    wait_until(lambda: api.confirmed == 1010, 5, "second delivered")
+    assert api.calls.count("getUpdates") > calls
     assert stored_ids(bus) == list(range(1000, 1010))
 
 
@@ -278,7 +356,7 @@ def test_evaluate_names_each_failure():
     assert evaluate(PollerRecord(state=POLLING, **base), now, 60).ok
     assert not evaluate(None, now, 60).ok
     stale = evaluate(PollerRecord(state=POLLING, **{**base, "updated": now - 30}), now, 60)
-    assert not stale.ok and "last heartbeat 30 s ago from worker pid 42" in stale.reason
+    assert not stale.ok and "last record 30 s ago from worker 42" in stale.reason
     stalled = evaluate(PollerRecord(state=POLLING, **{**base, "last_ok": now - 90}), now, 60)
     assert not stalled.ok and "stalled" in stalled.reason
     fresh = evaluate(

@@ -198,3 +198,32 @@ def test_idempotency_survives_a_gateway_restart(out):
     assert (second[0], second[1]) == (first[0], first[1])
     assert second[2].get("Idempotent-Replayed") == "true"
     assert out.sent_texts(PRIVATE[50]) == ["before the restart"]
+
+
+def test_nats_down_is_503_with_retry_after_at_once_and_nothing_is_sent_twice(out):
+    """Without NATS nobody can say which worker paces the bot: /send answers 503 with
+    Retry-After within a second (with or without an Idempotency-Key) and sends nothing; the
+    same request with the same key sends exactly once when NATS is back."""
+    chat = PRIVATE[51]
+    key = "nats-down-" + secrets.token_hex(4)
+    body = {"bot": BOT, "chat_id": chat, "text": "while NATS is down"}
+    out.nats.stop()
+    try:
+        wait_until(lambda: out.gateway.get("/healthz")[0] == 503, 15, "the gateway sees it")
+        for headers in ({"key": key}, {}):
+            for _ in range(3):  # whichever worker answers
+                status, answer, reply_headers, took = timed_send(out, body, **headers)
+                assert status == 503, answer
+                assert int(reply_headers["Retry-After"]) >= 1
+                assert took < 1.0, f"503 after {took:.2f} s"
+                assert "NATS" in answer["error"]
+        assert out.sent_texts(chat) == []
+    finally:
+        out.nats.start()
+    wait_until(lambda: out.gateway.get("/healthz")[0] == 200, 30, "healthy again")
+    first = out.send(body, key=key)
+    second = out.send(body, key=key)
+    assert first[0] == 200, first[1]
+    assert (second[0], second[1]) == (first[0], first[1])
+    assert second[2].get("Idempotent-Replayed") == "true"
+    assert out.sent_texts(chat) == ["while NATS is down"]

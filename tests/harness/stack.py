@@ -275,9 +275,18 @@ class Stack:
         wait_until(done, timeout, f"bot {bot_id}: every update confirmed", interval=0.2)
 
     def holder(self, gateway: GatewayProcess, bot_id: int) -> dict[str, Any]:
-        """The poller record the lock holder writes (state, pid, offset, ...)."""
-        path = gateway.state_dir / "pollers" / f"{bot_id}.json"
-        return dict(json.loads(path.read_text()))
+        """The poller record the bot's owner keeps in its lease (state, pid, worker, offset,
+        ...), read from the Key-Value bucket TELEGRAM_OWNERS; {} when nobody owns the bot."""
+        del gateway  # every gateway sharing this NATS writes to the same bucket
+        return asyncio.run(_lease(self.nats.url, self.nats_password, bot_id))
+
+    def leases(self) -> dict[int, dict[str, Any]]:
+        """Every bot's lease record (bot id -> the owner's record) in TELEGRAM_OWNERS."""
+        return asyncio.run(_leases(self.nats.url, self.nats_password))
+
+    def kv_keys(self, bucket: str) -> dict[str, int]:
+        """Every key of a Key-Value bucket with its revision ({} when the bucket is empty)."""
+        return asyncio.run(_kv_keys(self.nats.url, self.nats_password, bucket))
 
     def subscribe(self, subject: str) -> Subscriber:
         return Subscriber(self.nats.url, self.nats_password, subject)
@@ -363,6 +372,55 @@ async def _connect(url: str, password: str | None) -> nats.NATS:
     if password is None:
         return await nats.connect(url, connect_timeout=3)
     return await nats.connect(url, user=NATS_USER, password=password, connect_timeout=3)
+
+
+async def _lease(url: str, password: str | None, bot_id: int) -> dict[str, Any]:
+    nc = await _connect(url, password)
+    try:
+        kv = await nc.jetstream().key_value("TELEGRAM_OWNERS")
+        try:
+            entry = await kv.get(f"bots.{bot_id}")
+        except nats.js.errors.KeyNotFoundError:
+            return {}
+        return dict(json.loads(entry.value or b"{}"))
+    except nats.js.errors.BucketNotFoundError:
+        return {}
+    finally:
+        await nc.close()
+
+
+async def _leases(url: str, password: str | None) -> dict[int, dict[str, Any]]:
+    nc = await _connect(url, password)
+    try:
+        kv = await nc.jetstream().key_value("TELEGRAM_OWNERS")
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return {}
+        records: dict[int, dict[str, Any]] = {}
+        for key in keys:
+            if key.startswith("bots."):
+                try:
+                    entry = await kv.get(key)
+                except nats.js.errors.KeyNotFoundError:
+                    continue
+                records[int(key.split(".", 1)[1])] = dict(json.loads(entry.value or b"{}"))
+        return records
+    finally:
+        await nc.close()
+
+
+async def _kv_keys(url: str, password: str | None, bucket: str) -> dict[str, int]:
+    nc = await _connect(url, password)
+    try:
+        kv = await nc.jetstream().key_value(bucket)
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return {}
+        return {key: (await kv.get(key)).revision or 0 for key in keys}
+    finally:
+        await nc.close()
 
 
 async def _stream_count(url: str, password: str | None) -> int:

@@ -40,6 +40,7 @@ from telegram_gateway.errors import (
     BotApiTimeout,
     IdempotencyUnavailable,
     InvalidRequest,
+    PacingUnavailable,
     RateLimited,
 )
 from telegram_gateway.idempotency import Outcome, fingerprint, valid_key
@@ -109,7 +110,7 @@ def _answer(gateway: Any, send_plan: SendPlan, key: str | None) -> Response:
                 gateway.sender.longest(len(send_plan.parts)),
             )
         except IdempotencyUnavailable as exc:
-            outcome = Outcome(503, {"ok": False, "error": str(exc)})
+            outcome = Outcome(503, {"ok": False, "error": str(exc)}, {"Retry-After": "1"})
     response = _json(outcome.status, outcome.body)
     response.headers.update(outcome.headers)
     if replayed:
@@ -141,6 +142,9 @@ def outcome_of(delivery: Delivery) -> Outcome:
             headers["Retry-After"] = str(failure.retry_after)
             body["error_code"] = 429
             body["parameters"] = {"retry_after": failure.retry_after}
+        elif isinstance(failure, PacingUnavailable):
+            status = 503
+            headers["Retry-After"] = str(failure.retry_after)
         else:
             status = 504 if isinstance(failure, BotApiTimeout) else 502
     else:

@@ -1,0 +1,369 @@
+"""Who polls and paces which bot: leases in the JetStream Key-Value bucket ``TELEGRAM_OWNERS``.
+
+A worker *owns* a bot while it holds the key ``bots.<bot_id>``:
+
+* taking it is ``create`` (succeeds only when the key is absent or deleted: atomic across
+  workers and hosts that share the NATS cluster);
+* keeping it is an ``update`` with the last revision every ``GATEWAY_LEASE_TTL`` / 3 seconds.
+  The value is the owner's poller record (state, offset, last getUpdates, ...), so the lease
+  is also the bot's health report that every worker reads for ``/healthz``;
+* the bucket's age limit is ``GATEWAY_LEASE_TTL``: a key nobody kept is removed by the server
+  that long after its last write (kill -9, a stalled worker, a lost connection), and the server
+  leaves a marker that every worker's watch sees, so a standby takes the bot at once;
+* the owner itself stops using a lease ``LEASE_MARGIN`` before it can have expired: it
+  measures from the moment it *sent* its last successful update (the server's clock starts
+  later), on its own monotonic clock. The poller and the sender check :meth:`Ownership.holds`
+  before every getUpdates and every send, so an owner that stalled (SIGSTOP, a blocked event
+  loop) and wakes up after its lease ran out does not carry on beside the new owner.
+
+Spreading: every worker also keeps ``workers.<name>`` alive the same way. A worker takes free
+bots only while it owns fewer than its share (``ceil(bots / live workers)``), and one that owns
+more than its share while another owns less hands one over at a time: the poller finishes its
+current getUpdates (no 409 for the next owner), then the key is deleted and another worker's
+watch sees it free. With 2 workers and 2 or more bots, neither owns all of them.
+
+Everything here runs on the NATS loop (:meth:`telegram_gateway.bus.Bus.spawn`); the pollers and
+senders only read plain attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js.api import KeyValueConfig, StorageType
+
+from telegram_gateway.bus import Bus, Entry
+from telegram_gateway.config import Settings
+from telegram_gateway.errors import BusError, RevisionMismatch
+
+logger = logging.getLogger(__name__)
+
+OWNERS_BUCKET = "TELEGRAM_OWNERS"
+#: an owner stops using its lease this long before the server can expire it (the gap between
+#: checking the lease and the Bot API receiving the request)
+LEASE_MARGIN = 0.5
+#: the server's expiry marker stays this long (nats-server's minimum), for watchers to see
+MARKER_TTL = 1.0
+
+
+def worker_name(host: str | None = None, pid: int | None = None) -> str:
+    """``<host>-<pid>``, as a Key-Value key token (letters, digits, ``-`` and ``_``)."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", host or socket.gethostname())[:64] or "host"
+    return f"{host}-{os.getpid() if pid is None else pid}"
+
+
+def bot_key(bot_id: int) -> str:
+    return f"bots.{bot_id}"
+
+
+@dataclass
+class Lease:
+    revision: int
+    deadline: float  # monotonic: the owner may use the lease until then
+    releasing: bool = False
+
+
+@dataclass
+class Seen:
+    """The last entry of a key, as this worker's watch received it (monotonic time)."""
+
+    at: float
+    value: bytes | None
+    revision: int
+
+
+class Ownership:
+    """This worker's leases and its view of everybody's (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        bot_ids: Sequence[int],
+        name: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.bots = list(bot_ids)
+        self.name = name or worker_name()
+        self.clock = clock
+        self.ttl = settings.lease_ttl
+        self.interval = self.ttl / 3
+        self.leases: dict[int, Lease] = {}
+        self.seen: dict[str, Seen] = {}
+        self._reporters: dict[int, Callable[[], dict[str, Any]]] = {}
+        self._changed: dict[int, threading.Event] = {bot: threading.Event() for bot in self.bots}
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._connected_at: float | None = None
+        self._worker_revision = 0
+        self._task: asyncio.Task[None] | None = None
+        bus.declare_bucket(
+            KeyValueConfig(
+                bucket=OWNERS_BUCKET,
+                description="which gateway worker polls and paces each bot (leases)",
+                ttl=self.ttl,
+                history=1,
+                storage=StorageType.FILE,
+                limit_marker_ttl=MARKER_TTL,
+            )
+        )
+        bus.watch(OWNERS_BUCKET, self._on_entry)
+        bus.on_state_change(self._on_state)
+
+    # ---- what pollers and senders ask --------------------------------------------------
+    def holds(self, bot_id: int) -> bool:
+        """True while this worker may poll and send for the bot (lease not possibly expired)."""
+        lease = self.leases.get(bot_id)
+        return lease is not None and self.clock() < lease.deadline
+
+    def keeps(self, bot_id: int) -> bool:
+        """Holds the bot and is not handing it over: the poller carries on."""
+        lease = self.leases.get(bot_id)
+        return lease is not None and not lease.releasing and self.clock() < lease.deadline
+
+    def wait(self, bot_id: int, timeout: float) -> bool:
+        """Wait until this worker may start on the bot (or ``timeout``); whether it may."""
+        event = self._changed[bot_id]
+        if not self.keeps(bot_id):
+            event.wait(timeout)
+            event.clear()
+        return self.keeps(bot_id)
+
+    def reporter(self, bot_id: int, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """``snapshot()`` gives the record written with every renewal of the bot's lease."""
+        self._reporters[bot_id] = snapshot
+
+    def changed(self, bot_id: int) -> None:
+        """The bot's record changed: write it now rather than at the next renewal."""
+        if bot_id in self.leases:
+            self._poke()
+
+    def release(self, bot_id: int) -> None:
+        """Let go of the bot (its poller has stopped): delete the key so another worker can
+        take it at once."""
+        lease = self.leases.pop(bot_id, None)
+        if lease is None:
+            return
+        with contextlib.suppress(BusError):  # no NATS: the key expires by itself
+            self.bus.spawn(self._delete(bot_key(bot_id), lease.revision))
+
+    def record(self, bot_id: int) -> tuple[dict[str, Any] | None, float]:
+        """The bot's owner's last record and how many seconds ago it was written (as this
+        worker saw it); (None, 0) when no worker owns the bot."""
+        if bot_id in self.leases:
+            return json.loads(self._value(bot_id)), 0.0
+        seen = self.seen.get(bot_key(bot_id))
+        if seen is None or seen.value is None:
+            return None, 0.0
+        try:
+            record = json.loads(seen.value)
+        except ValueError:
+            return None, 0.0
+        return (record if isinstance(record, dict) else None), self.clock() - seen.at
+
+    def owner(self, bot_id: int) -> str | None:
+        record, _ = self.record(bot_id)
+        return str(record.get("worker")) if record and record.get("worker") else None
+
+    def live_workers(self) -> list[str]:
+        now = self.clock()
+        names = {
+            key.split(".", 1)[1]
+            for key, seen in self.seen.items()
+            if key.startswith("workers.")
+            and seen.value is not None
+            and now - seen.at < self.ttl + self.interval
+        }
+        names.add(self.name)
+        return sorted(names)
+
+    def share(self) -> int:
+        return max(1, math.ceil(len(self.bots) / len(self.live_workers())))
+
+    # ---- component protocol ----------------------------------------------------------
+    def start(self) -> None:
+        self._stopping = False
+        self.bus.spawn(self._run())
+
+    def stop(self) -> None:
+        """Let go of every bot (the pollers stopped first) and of this worker's key."""
+        self._stopping = True
+        for bot_id in list(self.leases):
+            self.release(bot_id)
+        if self._worker_revision and self.bus.connected:
+            revision, self._worker_revision = self._worker_revision, 0
+            with contextlib.suppress(Exception):
+                self.bus.run(self._delete(f"workers.{self.name}", revision), 2)
+        self._poke()
+
+    def checks(self) -> dict[str, Any]:
+        return {}
+
+    # ---- on the NATS loop ----------------------------------------------------------------
+    def _on_entry(self, entry: Entry) -> None:
+        self.seen[entry.key] = Seen(self.clock(), entry.value, entry.revision)
+        if entry.value is None:
+            self._poke()  # a bot is free, or a worker gone (a larger share): act now
+
+    def _on_state(self, up: bool) -> None:
+        self._connected_at = self.clock() if up else None
+        self._poke()
+
+    def _poke(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            self.bus.call_soon(wake.set)
+
+    async def _run(self) -> None:
+        self._wake = asyncio.Event()
+        while not self._stopping:
+            try:
+                await self._tick()
+            except Exception:
+                logger.exception("keeping the bot leases failed; trying again")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+
+    async def _tick(self) -> None:
+        if not self.bus.bucket_ready(OWNERS_BUCKET):
+            return
+        await asyncio.gather(self._renew_worker(), *(self._renew(bot) for bot in list(self.leases)))
+        if self._stopping:
+            return
+        settled = (
+            self._connected_at is not None and self.clock() - self._connected_at >= self.interval
+        )
+        if settled:  # the watch has shown who else is there
+            await self._acquire()
+            self._shed()
+
+    def _value(self, bot_id: int) -> bytes:
+        reporter = self._reporters.get(bot_id)
+        record = dict(reporter()) if reporter else {}
+        record.update(worker=self.name, bot_id=bot_id)
+        return json.dumps(record, separators=(",", ":")).encode()
+
+    async def _renew(self, bot_id: int) -> None:
+        lease = self.leases.get(bot_id)
+        if lease is None:
+            return
+        sent = self.clock()
+        try:
+            revision = await self.bus.kv_update_async(
+                OWNERS_BUCKET, bot_key(bot_id), self._value(bot_id), lease.revision
+            )
+        except RevisionMismatch:
+            if self.leases.get(bot_id) is lease:
+                del self.leases[bot_id]
+                logger.warning(
+                    "bot %s: the lease was lost (expired or taken by another worker); "
+                    "this worker (%s) stops polling and sending for it",
+                    bot_id,
+                    self.name,
+                )
+                self._changed[bot_id].set()
+            return
+        except BusError as exc:
+            if self.clock() >= lease.deadline - self.interval:
+                logger.warning("bot %s: cannot renew the lease: %s", bot_id, exc)
+            return
+        if self.leases.get(bot_id) is lease:
+            lease.revision = revision
+            lease.deadline = sent + self.ttl - LEASE_MARGIN
+
+    async def _renew_worker(self) -> None:
+        key = f"workers.{self.name}"
+        value = json.dumps({"worker": self.name, "bots": sorted(self.leases)}).encode()
+        try:
+            if self._worker_revision:
+                self._worker_revision = await self.bus.kv_update_async(
+                    OWNERS_BUCKET, key, value, self._worker_revision
+                )
+            else:
+                self._worker_revision = await self.bus.kv_create_async(OWNERS_BUCKET, key, value)
+        except RevisionMismatch:
+            self._worker_revision = 0  # expired meanwhile: created again next time
+        except BusError:
+            pass
+
+    def _free(self, bot_id: int) -> bool:
+        if bot_id in self.leases:
+            return False
+        seen = self.seen.get(bot_key(bot_id))
+        if seen is None or seen.value is None:
+            return True
+        return self.clock() - seen.at > self.ttl + self.interval  # its owner stopped writing
+
+    async def _acquire(self) -> None:
+        room = self.share() - len(self.leases)
+        if room <= 0:
+            return
+        # each worker tries the free bots in its own order, so that two of them starting
+        # together do not race for the same bot first
+        free = sorted(
+            (bot for bot in self.bots if self._free(bot)),
+            key=lambda bot: hashlib.sha256(f"{self.name}:{bot}".encode()).digest(),
+        )
+        for bot_id in free[:room]:
+            sent = self.clock()
+            try:
+                revision = await self.bus.kv_create_async(
+                    OWNERS_BUCKET, bot_key(bot_id), self._value(bot_id)
+                )
+            except RevisionMismatch:
+                continue  # somebody holds it (or took it a moment ago)
+            except BusError as exc:
+                logger.debug("bot %s: cannot take the lease: %s", bot_id, exc)
+                return
+            self.leases[bot_id] = Lease(revision, sent + self.ttl - LEASE_MARGIN)
+            logger.info("bot %s: worker %s owns it now", bot_id, self.name)
+            self._changed[bot_id].set()
+
+    def _shed(self) -> None:
+        """Hand one bot over when this worker owns more than its share and another less."""
+        share = self.share()
+        if len(self.leases) <= share or any(lease.releasing for lease in self.leases.values()):
+            return
+        counts = dict.fromkeys(self.live_workers(), 0)
+        for key, seen in self.seen.items():
+            if key.startswith("bots.") and seen.value is not None:
+                with contextlib.suppress(ValueError, AttributeError):
+                    owner = json.loads(seen.value).get("worker")
+                    if owner in counts:
+                        counts[owner] += 1
+        if not any(count < share for name, count in counts.items() if name != self.name):
+            return
+        bot_id = max(self.leases)
+        self.leases[bot_id].releasing = True
+        logger.info(
+            "bot %s: worker %s owns %d bot(s), its share is %d: handing it over",
+            bot_id,
+            self.name,
+            len(self.leases),
+            share,
+        )
+        self._changed[bot_id].set()
+
+    async def _delete(self, key: str, revision: int) -> None:
+        try:
+            await self.bus.kv_delete_async(OWNERS_BUCKET, key, last=revision)
+        except RevisionMismatch:
+            pass  # expired and taken meanwhile: nothing of ours left
+        except BusError as exc:
+            logger.debug("could not delete %s (it expires by itself): %s", key, exc)

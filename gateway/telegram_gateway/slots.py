@@ -1,0 +1,181 @@
+"""Send slots from the bot's owner: every worker sends, one worker paces each bot.
+
+A ``POST /send`` or a ``telegram.out.<bot>.<method>`` request may arrive at any worker (of any
+host), but only the bot's owner (:mod:`telegram_gateway.ownership`) keeps the bot's calendar
+(:class:`telegram_gateway.pacing.Pacer`, in its memory). :class:`Slots` has the Pacer's three
+calls and routes each:
+
+* this worker owns the bot: its own Pacer, no NATS round trip;
+* another worker does: a NATS request to that worker's subject ``_GATEWAY.slots.<worker>``
+  (only the gateway's NATS user may publish or subscribe there). ``reserve`` and ``cancel``
+  answer at once; ``turn`` is answered when the slot is due (the owner sleeps until then and
+  re-checks the chat's calendar, as for its own sends), and the asking worker calls the Bot API
+  right away. The message itself never crosses NATS, so a 2,000 MB upload is sent by the worker
+  that received it, and paced by the owner all the same;
+* nobody owns the bot right now (a takeover is under way): wait for an owner up to the lease
+  time, then give up.
+
+Whenever no slot can be had (NATS disconnected, no owner, the owner does not answer within
+``ASK_TIMEOUT``) the send fails with :class:`PacingUnavailable` before anything was sent:
+``/send`` answers 503 with ``Retry-After``, a NATS request gets a 503 envelope, and an
+Idempotency-Key is released so that the retry really sends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from telegram_gateway.bus import Bus, Request
+from telegram_gateway.config import Settings
+from telegram_gateway.errors import BusUnavailable, NoResponders, PacingUnavailable, RateLimited
+from telegram_gateway.health import Check
+from telegram_gateway.ownership import Ownership
+from telegram_gateway.pacing import Chat, Pacer
+
+logger = logging.getLogger(__name__)
+
+#: ``_GATEWAY.slots.<worker>``: the owner's slot service (gateway user only)
+SUBJECT_PREFIX = "_GATEWAY.slots"
+ASK_TIMEOUT = 1.0  # seconds an owner has to answer a reserve or cancel
+OWNER_POLL = 0.05  # how often a send without an owner looks again
+
+
+class Slots:
+    """The Pacer interface, routed to each bot's owner (see the module docstring)."""
+
+    def __init__(self, settings: Settings, bus: Bus, ownership: Ownership, pacer: Pacer) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.ownership = ownership
+        self.pacer = pacer
+        self.max_wait = pacer.max_wait
+        self.subject = f"{SUBJECT_PREFIX}.{ownership.name}"
+
+    # ---- component protocol ----------------------------------------------------------------
+    def start(self) -> None:
+        self.bus.serve(self.subject, self.handle)
+
+    def stop(self) -> None:
+        self.pacer.close()
+
+    def checks(self) -> dict[str, Check]:
+        return {}
+
+    # ---- the Pacer's calls -----------------------------------------------------------------
+    def reserve(
+        self, bot_id: int, chat: Chat | None, count: int = 1, max_wait: float | None = None
+    ) -> list[float]:
+        answer = self._ask(
+            bot_id,
+            {"op": "reserve", "chat": _chat(chat), "count": count, "max_wait": max_wait},
+            ASK_TIMEOUT,
+        )
+        if answer is None:
+            return self.pacer.reserve(bot_id, chat, count, max_wait)
+        if "rate_limited" in answer:
+            raise RateLimited(int(answer["rate_limited"]), str(answer.get("message") or ""))
+        return [float(slot) for slot in answer["slots"]]
+
+    def cancel(self, bot_id: int, chat: Chat | None, slots: list[float]) -> None:
+        if not slots:
+            return
+        try:
+            answer = self._ask(
+                bot_id, {"op": "cancel", "chat": _chat(chat), "slots": slots}, ASK_TIMEOUT
+            )
+        except PacingUnavailable as exc:  # the slots just stay unused
+            logger.debug("bot %s: could not give back %d slot(s): %s", bot_id, len(slots), exc)
+            return
+        if answer is None:
+            self.pacer.cancel(bot_id, chat, slots)
+
+    def wait_turn(self, bot_id: int, chat: Chat | None, slot: float) -> float:
+        # the owner answers when the slot is due (its own re-checks included)
+        timeout = max(0.0, slot - time.time()) + ASK_TIMEOUT + 5.0
+        answer = self._ask(bot_id, {"op": "turn", "chat": _chat(chat), "slot": slot}, timeout)
+        if answer is None:
+            return self.pacer.wait_turn(bot_id, chat, slot)
+        return float(answer["slot"])
+
+    # ---- asking the owner ------------------------------------------------------------------
+    def _ask(self, bot_id: int, question: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """The owner's answer; None when this worker owns the bot (use the local Pacer)."""
+        if not self.bus.connected:
+            raise PacingUnavailable(
+                "NATS is disconnected: the gateway cannot tell which worker paces this bot; "
+                "nothing was sent"
+            )
+        give_up = time.monotonic() + self.settings.lease_ttl + 1.0
+        question["bot"] = bot_id
+        payload = json.dumps(question).encode()
+        while True:
+            if self.ownership.holds(bot_id):
+                return None
+            owner = self.ownership.owner(bot_id)
+            if owner is not None and owner != self.ownership.name:
+                try:
+                    answer = json.loads(
+                        self.bus.request(f"{SUBJECT_PREFIX}.{owner}", payload, timeout)
+                    )
+                except NoResponders:
+                    answer = {"not_owner": True}  # that worker is gone: wait for the next owner
+                except BusUnavailable as exc:
+                    raise PacingUnavailable(
+                        f"the worker that paces bot {bot_id} did not answer ({exc}); nothing "
+                        "was sent"
+                    ) from None
+                if not answer.get("not_owner"):
+                    return dict(answer)
+            if time.monotonic() > give_up:
+                raise PacingUnavailable(
+                    f"no worker owns bot {bot_id} right now (another is taking over); nothing "
+                    "was sent"
+                )
+            time.sleep(OWNER_POLL)
+
+    def handle(self, request: Request) -> bytes:
+        """Another worker asks this one, the owner, for a slot."""
+        try:
+            question = json.loads(request.data)
+            bot_id = int(question["bot"])
+            op = question["op"]
+            chat = _unchat(question.get("chat"))
+        except (ValueError, KeyError, TypeError):
+            return b'{"error":"malformed slot request"}'
+        if not self.ownership.holds(bot_id):
+            return b'{"not_owner":true}'
+        answer: dict[str, Any]
+        if op == "reserve":
+            try:
+                max_wait = question.get("max_wait")
+                slots = self.pacer.reserve(
+                    bot_id,
+                    chat,
+                    int(question.get("count") or 1),
+                    None if max_wait is None else float(max_wait),
+                )
+                answer = {"slots": slots}
+            except RateLimited as exc:
+                answer = {"rate_limited": exc.retry_after, "message": str(exc)}
+        elif op == "cancel":
+            self.pacer.cancel(bot_id, chat, [float(slot) for slot in question.get("slots", [])])
+            answer = {"ok": True}
+        elif op == "turn":
+            answer = {"slot": self.pacer.wait_turn(bot_id, chat, float(question["slot"]))}
+        else:
+            answer = {"error": f"unknown op {op!r}"}
+        return json.dumps(answer).encode()
+
+
+def _chat(chat: Chat | None) -> list[Any] | None:
+    return None if chat is None else [chat.key, chat.private]
+
+
+def _unchat(value: Any) -> Chat | None:
+    if value is None:
+        return None
+    key, private = value
+    return Chat(str(key), bool(private))

@@ -1,0 +1,152 @@
+"""Bot leases in the TELEGRAM_OWNERS bucket against a real nats-server: several
+:class:`Ownership` objects, each on its own NATS connection, play the workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.nats import NatsServer
+from harness.procs import wait_until
+from harness.tokens import fake_token
+from telegram_gateway.bus import Bus
+from telegram_gateway.config import load_settings
+from telegram_gateway.ownership import OWNERS_BUCKET, Ownership
+
+pytestmark = pytest.mark.integration
+
+BOTS = [101, 102, 103, 104]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[NatsServer]:
+    nats_server = NatsServer(tmp_path / "nats").start()
+    yield nats_server
+    nats_server.stop()
+
+
+class Worker:
+    """An Ownership on its own Bus, plus what a poller does with it: a bot being handed over
+    is let go at once."""
+
+    def __init__(self, server: NatsServer, tmp_path: Path, name: str) -> None:
+        settings = load_settings(
+            {
+                "TELEGRAM_BOT_TOKENS": ",".join(fake_token(bot) for bot in BOTS),
+                "GATEWAY_API_TOKEN": "b" * 20,
+                "NATS_URL": server.url,
+                "GATEWAY_STATE_DIR": str(tmp_path),
+                "GATEWAY_LEASE_TTL": "3",
+            }
+        )
+        self.bus = Bus(settings)
+        self.ownership = Ownership(settings, self.bus, BOTS, name=name)
+        self.ownership.reporter(BOTS[0], lambda: {"state": "polling", "pid": 1})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._polite, daemon=True)
+
+    def start(self) -> Worker:
+        self.bus.start()
+        self.ownership.start()
+        self._thread.start()
+        return self
+
+    def _polite(self) -> None:
+        while not self._stop.wait(0.05):
+            for bot in BOTS:
+                if self.ownership.holds(bot) and not self.ownership.keeps(bot):
+                    self.ownership.release(bot)
+
+    def owned(self) -> set[int]:
+        return {bot for bot in BOTS if self.ownership.holds(bot)}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.ownership.stop()
+        self.bus.stop()
+
+    def crash(self) -> None:
+        """Stop renewing without letting go (what kill -9 leaves behind)."""
+        self._stop.set()
+        self.ownership._stopping = True
+        self.bus.stop()
+
+
+def exclusive(workers: list[Worker]) -> bool:
+    owned = [worker.owned() for worker in workers]
+    return all(a.isdisjoint(b) for i, a in enumerate(owned) for b in owned[i + 1 :])
+
+
+def test_two_workers_split_the_bots_and_never_share_one(server, tmp_path):
+    workers = [Worker(server, tmp_path, f"w{n}").start() for n in range(2)]
+    try:
+        wait_until(
+            lambda: [len(w.owned()) for w in workers] == [2, 2], 15, "each worker owns two bots"
+        )
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # a window of renewals: still two each, disjoint
+            assert exclusive(workers)
+            assert [len(w.owned()) for w in workers] == [2, 2]
+            time.sleep(0.05)
+        # every worker sees who owns what, and the owner's record
+        for worker in workers:
+            owners = {worker.ownership.owner(bot) for bot in BOTS}
+            assert owners == {"w0", "w1"}
+        record, age = workers[1].ownership.record(BOTS[0])
+        assert record is not None and age < 3
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def test_a_worker_joining_later_gets_its_share_handed_over(server, tmp_path):
+    first = Worker(server, tmp_path, "early").start()
+    second = None
+    try:
+        wait_until(lambda: len(first.owned()) == 4, 15, "the only worker owns all bots")
+        second = Worker(server, tmp_path, "late").start()
+        wait_until(
+            lambda: len(first.owned()) == 2 and len(second.owned()) == 2, 20, "two bots each"
+        )
+        assert exclusive([first, second])
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_a_crashed_owner_is_replaced_within_the_lease_time(server, tmp_path):
+    workers = [Worker(server, tmp_path, f"w{n}").start() for n in range(2)]
+    try:
+        wait_until(lambda: [len(w.owned()) for w in workers] == [2, 2], 15, "two each")
+        victim, survivor = workers
+        orphans = victim.owned()
+        victim.crash()
+        crashed = time.monotonic()
+        wait_until(lambda: orphans <= survivor.owned(), 10, "the survivor owns every bot")
+        took = time.monotonic() - crashed
+        assert took < 5, f"takeover took {took:.1f} s"
+        # nobody owned a bot twice: the crashed worker's own view has run out as well
+        assert victim.owned() == set()
+    finally:
+        workers[1].stop()
+
+
+def test_a_lease_that_cannot_be_renewed_runs_out_for_its_owner(server, tmp_path):
+    worker = Worker(server, tmp_path, "alone").start()
+    try:
+        wait_until(lambda: len(worker.owned()) == 4, 15, "owns every bot")
+        server.stop()
+        stopped = time.monotonic()
+        wait_until(lambda: worker.owned() == set(), 10, "the leases run out for the owner too")
+        # before the server could have expired them (3 s after the last renewal)
+        assert time.monotonic() - stopped < 3.0
+        server.start()
+        wait_until(lambda: len(worker.owned()) == 4, 20, "owns them again after NATS is back")
+        assert worker.bus.bucket_ready(OWNERS_BUCKET)
+    finally:
+        worker.stop()
