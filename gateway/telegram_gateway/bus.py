@@ -436,6 +436,47 @@ class Bus:
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise _bus_error(exc, f"writing {bucket}") from None
 
+    async def kv_update_many_async(
+        self, bucket: str, updates: Sequence[tuple[str, bytes, int]], timeout: float
+    ) -> list[int | BusError]:
+        """Revision-checked updates of many keys at once, each what ``kv_update`` does (a
+        JetStream publish to the key's subject with ``Nats-Expected-Last-Subject-Sequence``),
+        written together and acknowledged through the connection's one ack inbox instead of a
+        request per key: the new revision, :class:`RevisionMismatch`, or why it may not have
+        been stored. Not retried: the caller's next round is the retry."""
+        self._bucket(bucket)
+        assert self._nc is not None
+        nc = self._nc
+        batch = str(next(self._batch_ids))
+        wait = _AckWait(len(updates))
+        self._ack_waits[batch] = wait
+        reply = f"{self._ack_prefix}{batch}."
+        try:
+            wait.expect(range(len(updates)))
+            try:
+                for index, (key, value, last) in enumerate(updates):
+                    await nc.publish(
+                        f"$KV.{bucket}.{key}",
+                        value,
+                        reply=reply + str(index),
+                        headers={"Nats-Expected-Last-Subject-Sequence": str(last)},
+                    )
+            except (nats.errors.Error, OSError) as exc:
+                return [BusUnavailable(f"NATS connection lost: {exc}")] * len(updates)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wait.done.wait(), timeout)
+        finally:
+            self._ack_waits.pop(batch, None)
+        results: list[int | BusError] = []
+        for result in wait.results:
+            if isinstance(result, Ack):
+                results.append(result.seq)
+            elif result and "wrong last sequence" in result:
+                results.append(RevisionMismatch(f"{bucket}: {result}"))
+            else:
+                results.append(BusUnavailable(result or f"no acknowledgement in {timeout:g} s"))
+        return results
+
     async def kv_delete_async(self, bucket: str, key: str, last: int | None = None) -> None:
         try:
             await self._bucket(bucket).delete(key, last=last)

@@ -57,6 +57,12 @@ OWNERS_BUCKET = "TELEGRAM_OWNERS"
 LEASE_MARGIN = 0.5
 #: the server's expiry marker stays this long (nats-server's minimum), for watchers to see
 MARKER_TTL = 1.0
+#: leases renewed per batch (each batch waits for its acknowledgements before the next)
+RENEW_BATCH = 100
+#: bots taken per round at most: a worker starting with hundreds of free bots takes them over a
+#: few rounds, so that their first getUpdates do not all fall into one moment and starve the
+#: renewals of the leases it already holds
+ACQUIRE_BATCH = 100
 
 
 def worker_name(host: str | None = None, pid: int | None = None) -> str:
@@ -83,6 +89,17 @@ class Seen:
     at: float
     value: bytes | None
     revision: int
+    _parsed: dict[str, Any] | None = None
+
+    def record(self) -> dict[str, Any] | None:
+        """The value as a JSON object (parsed once), None when deleted or not an object."""
+        if self._parsed is None and self.value is not None:
+            try:
+                parsed = json.loads(self.value)
+            except ValueError:
+                parsed = None
+            self._parsed = parsed if isinstance(parsed, dict) else {}
+        return self._parsed or None
 
 
 class Ownership:
@@ -137,12 +154,18 @@ class Ownership:
         return lease is not None and not lease.releasing and self.clock() < lease.deadline
 
     def wait(self, bot_id: int, timeout: float) -> bool:
-        """Wait until this worker may start on the bot (or ``timeout``); whether it may."""
+        """Wait until this worker may start on the bot (it took the lease, or its lease is
+        usable again), :meth:`wake` or ``timeout``; whether it may. Standbys sleep here without
+        polling: a thousand bots cost nothing while another worker owns them."""
         event = self._changed[bot_id]
         if not self.keeps(bot_id):
             event.wait(timeout)
             event.clear()
         return self.keeps(bot_id)
+
+    def wake(self, bot_id: int) -> None:
+        """End a :meth:`wait` now (the poller is stopping)."""
+        self._changed[bot_id].set()
 
     def reporter(self, bot_id: int, snapshot: Callable[[], dict[str, Any]]) -> None:
         """``snapshot()`` gives the record written with every renewal of the bot's lease."""
@@ -166,15 +189,12 @@ class Ownership:
         """The bot's owner's last record and how many seconds ago it was written (as this
         worker saw it); (None, 0) when no worker owns the bot."""
         if bot_id in self.leases:
-            return json.loads(self._value(bot_id)), 0.0
+            return self._record(bot_id), 0.0
         seen = self.seen.get(bot_key(bot_id))
-        if seen is None or seen.value is None:
+        record = seen.record() if seen is not None else None
+        if seen is None or record is None:
             return None, 0.0
-        try:
-            record = json.loads(seen.value)
-        except ValueError:
-            return None, 0.0
-        return (record if isinstance(record, dict) else None), self.clock() - seen.at
+        return record, self.clock() - seen.at
 
     def owner(self, bot_id: int) -> str | None:
         record, _ = self.record(bot_id)
@@ -243,7 +263,7 @@ class Ownership:
     async def _tick(self) -> None:
         if not self.bus.bucket_ready(OWNERS_BUCKET):
             return
-        await asyncio.gather(self._renew_worker(), *(self._renew(bot) for bot in list(self.leases)))
+        await asyncio.gather(self._renew_worker(), self._renew_all())
         if self._stopping:
             return
         settled = (
@@ -253,23 +273,38 @@ class Ownership:
             await self._acquire()
             self._shed()
 
-    def _value(self, bot_id: int) -> bytes:
+    def _record(self, bot_id: int) -> dict[str, Any]:
         reporter = self._reporters.get(bot_id)
         record = dict(reporter()) if reporter else {}
         record.update(worker=self.name, bot_id=bot_id)
-        return json.dumps(record, separators=(",", ":")).encode()
+        return record
 
-    async def _renew(self, bot_id: int) -> None:
-        lease = self.leases.get(bot_id)
-        if lease is None:
-            return
+    def _value(self, bot_id: int) -> bytes:
+        return json.dumps(self._record(bot_id), separators=(",", ":")).encode()
+
+    async def _renew_all(self) -> None:
+        """One round of renewals: the leases in batches of revision-checked updates (a batch
+        at a time, so that /healthz and the pollers of this worker get their turns)."""
+        leases = list(self.leases.items())
+        for start in range(0, len(leases), RENEW_BATCH):
+            await self._renew_batch(leases[start : start + RENEW_BATCH])
+
+    async def _renew_batch(self, leases: list[tuple[int, Lease]]) -> None:
         sent = self.clock()
-        try:
-            revision = await self.bus.kv_update_async(
-                OWNERS_BUCKET, bot_key(bot_id), self._value(bot_id), lease.revision
-            )
-        except RevisionMismatch:
-            if self.leases.get(bot_id) is lease:
+        updates = [
+            (bot_key(bot_id), self._value(bot_id), lease.revision) for bot_id, lease in leases
+        ]
+        results = await self.bus.kv_update_many_async(OWNERS_BUCKET, updates, self.interval)
+        for (bot_id, lease), result in zip(leases, results, strict=True):
+            if self.leases.get(bot_id) is not lease:
+                continue  # released meanwhile
+            if isinstance(result, int):
+                was_valid = self.clock() < lease.deadline
+                lease.revision = result
+                lease.deadline = sent + self.ttl - LEASE_MARGIN
+                if not was_valid:
+                    self._changed[bot_id].set()  # usable again: wake its poller
+            elif isinstance(result, RevisionMismatch):
                 del self.leases[bot_id]
                 logger.warning(
                     "bot %s: the lease was lost (expired or taken by another worker); "
@@ -278,14 +313,8 @@ class Ownership:
                     self.name,
                 )
                 self._changed[bot_id].set()
-            return
-        except BusError as exc:
-            if self.clock() >= lease.deadline - self.interval:
-                logger.warning("bot %s: cannot renew the lease: %s", bot_id, exc)
-            return
-        if self.leases.get(bot_id) is lease:
-            lease.revision = revision
-            lease.deadline = sent + self.ttl - LEASE_MARGIN
+            elif self.clock() >= lease.deadline - self.interval:
+                logger.warning("bot %s: cannot renew the lease: %s", bot_id, result)
 
     async def _renew_worker(self) -> None:
         key = f"workers.{self.name}"
@@ -320,7 +349,7 @@ class Ownership:
             (bot for bot in self.bots if self._free(bot)),
             key=lambda bot: hashlib.sha256(f"{self.name}:{bot}".encode()).digest(),
         )
-        for bot_id in free[:room]:
+        for bot_id in free[: min(room, ACQUIRE_BATCH)]:
             sent = self.clock()
             try:
                 revision = await self.bus.kv_create_async(
@@ -334,31 +363,38 @@ class Ownership:
             self.leases[bot_id] = Lease(revision, sent + self.ttl - LEASE_MARGIN)
             logger.info("bot %s: worker %s owns it now", bot_id, self.name)
             self._changed[bot_id].set()
+        if len(free) > ACQUIRE_BATCH and room > ACQUIRE_BATCH:
+            self._poke()  # more to take: the next round right after this one
 
     def _shed(self) -> None:
-        """Hand one bot over when this worker owns more than its share and another less."""
+        """Hand bots over while this worker owns more than its share and others own less:
+        as many as they lack, all at once (each poller lets go after its current getUpdates,
+        so a round takes at most one long poll)."""
         share = self.share()
-        if len(self.leases) <= share or any(lease.releasing for lease in self.leases.values()):
+        keeping = [bot for bot, lease in self.leases.items() if not lease.releasing]
+        excess = len(keeping) - share
+        if excess <= 0:
             return
         counts = dict.fromkeys(self.live_workers(), 0)
         for key, seen in self.seen.items():
-            if key.startswith("bots.") and seen.value is not None:
-                with contextlib.suppress(ValueError, AttributeError):
-                    owner = json.loads(seen.value).get("worker")
-                    if owner in counts:
-                        counts[owner] += 1
-        if not any(count < share for name, count in counts.items() if name != self.name):
-            return
-        bot_id = max(self.leases)
-        self.leases[bot_id].releasing = True
-        logger.info(
-            "bot %s: worker %s owns %d bot(s), its share is %d: handing it over",
-            bot_id,
-            self.name,
-            len(self.leases),
-            share,
-        )
-        self._changed[bot_id].set()
+            record = seen.record() if key.startswith("bots.") else None
+            if record is not None and record.get("worker") in counts:
+                counts[record["worker"]] += 1
+        lacking = sum(max(0, share - count) for name, count in counts.items() if name != self.name)
+        released = sorted(keeping)[len(keeping) - min(excess, lacking) :]
+        for bot_id in released:
+            self.leases[bot_id].releasing = True
+            self._changed[bot_id].set()
+        if released:
+            logger.info(
+                "worker %s owns %d bot(s), its share is %d: handing %d over (bots %s)",
+                self.name,
+                len(keeping),
+                share,
+                len(released),
+                ", ".join(str(bot) for bot in released[:10])
+                + (", ..." if len(released) > 10 else ""),
+            )
 
     async def _delete(self, key: str, revision: int) -> None:
         try:

@@ -119,6 +119,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=10.0, help="updates/s per busy bot")
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of each phase")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="many-bots-bench-"))
     bots = [FIRST_BOT + i for i in range(args.bots)]
@@ -127,7 +128,10 @@ def main() -> int:
         with Stack(root, bots, gateway=False, env=settings, emulator_verbosity=1) as stack:
             return run(stack, bots, args)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def inject_all(stack: Stack, bots: list[int], text: str) -> dict[int, float]:

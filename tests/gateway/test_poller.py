@@ -160,6 +160,9 @@ class FakeLeaseView:
     def changed(self, bot_id: int) -> None:
         pass
 
+    def wake(self, bot_id: int) -> None:
+        pass
+
     def release(self, bot_id: int) -> None:
         with self.leases.lock:
             if self.leases.owner == self.name:
