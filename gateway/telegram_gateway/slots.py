@@ -102,7 +102,10 @@ class Slots:
 
     # ---- asking the owner ------------------------------------------------------------------
     def _ask(self, bot_id: int, question: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-        """The owner's answer; None when this worker owns the bot (use the local Pacer)."""
+        """The owner's answer; None when this worker owns the bot (use the local Pacer), or
+        when pacing is off (GATEWAY_SEND_PACING=false: nothing to agree on)."""
+        if not self.pacer.enabled:
+            return None
         if not self.bus.connected:
             raise PacingUnavailable(
                 "NATS is disconnected: the gateway cannot tell which worker paces this bot; "

@@ -120,3 +120,12 @@ def test_nats_down_means_no_slot_at_once(pair, server):
         other.slots.reserve(bot, Chat.of(558))
     assert time.monotonic() - started < 0.5
     assert "NATS" in str(refused.value)
+
+
+def test_with_pacing_off_nothing_is_asked_of_anyone(pair, server):
+    bot = BOTS[0]
+    _, other = owner_and_other(pair, bot)
+    unpaced = Slots(other.bus.settings, other.bus, other.ownership, Pacer(30, enabled=False))
+    server.stop()
+    wait_until(lambda: not other.bus.connected, 10, "disconnected")
+    assert len(unpaced.reserve(bot, Chat.of(559), 3)) == 3  # no owner, no NATS: no matter
