@@ -49,6 +49,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import (
+    ConsumerConfig,
     DiscardPolicy,
     KeyValueConfig,
     ObjectInfo,
@@ -65,6 +66,7 @@ from telegram_gateway.config import Settings
 from telegram_gateway.errors import (
     BusError,
     BusUnavailable,
+    ConsumerRefused,
     NoResponders,
     PublishFailed,
     RevisionMismatch,
@@ -500,6 +502,51 @@ class Bus:
             coro.close()
             raise BusUnavailable("the NATS bus is not running")
         loop.call_soon_threadsafe(loop.create_task, coro)
+
+    # ---- agents' consumers of the stream -----------------------------------------------------
+    def add_pull_consumer(self, config: ConsumerConfig) -> dict[str, Any]:
+        """Create (or update) a durable pull consumer of the stream; a summary of it. Raises
+        :class:`ConsumerRefused` when JetStream refuses it."""
+        if config.deliver_subject:
+            raise ConsumerRefused("only pull consumers (no deliver subject)")
+        bound = self._kv_timeout(None)
+        return self.run(self._add_pull_consumer(config), bound)
+
+    def delete_consumer(self, name: str) -> bool:
+        """Delete a consumer of the stream; False when there is none of that name."""
+        bound = self._kv_timeout(None)
+        return self.run(self._delete_consumer(name), bound)
+
+    async def _add_pull_consumer(self, config: ConsumerConfig) -> dict[str, Any]:
+        assert self._nc is not None
+        stream = self.settings.stream_name
+        try:
+            info = await self._nc.jetstream().add_consumer(stream, config)
+        except nats.js.errors.APIError as exc:
+            if exc.code in (400, 409):
+                raise ConsumerRefused(str(exc.description or exc)) from None
+            raise _bus_error(exc, f"creating a consumer of {stream}") from None
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise _bus_error(exc, f"creating a consumer of {stream}") from None
+        filters = info.config.filter_subjects or [info.config.filter_subject or INBOUND_SUBJECTS]
+        policy = info.config.deliver_policy
+        return {
+            "stream": stream,
+            "name": info.name,
+            "filter_subjects": filters,
+            "deliver_policy": str(getattr(policy, "value", policy) or "all"),
+            "num_pending": info.num_pending,
+            "ack_wait": info.config.ack_wait,
+        }
+
+    async def _delete_consumer(self, name: str) -> bool:
+        assert self._nc is not None
+        try:
+            return bool(await self._nc.jetstream().delete_consumer(self.settings.stream_name, name))
+        except nats.js.errors.NotFoundError:
+            return False
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise _bus_error(exc, "deleting a consumer") from None
 
     # ---- requests ----------------------------------------------------------------------------
     def request(self, subject: str, data: bytes, timeout: float) -> bytes:

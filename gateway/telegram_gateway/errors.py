@@ -13,7 +13,8 @@ Hierarchy::
     │   ├── BusUnavailable       not connected (yet / any more), or no answer in time
     │   │   └── NoResponders         nobody serves a request's subject
     │   ├── PublishFailed        JetStream did not acknowledge a publish after retries
-    │   └── RevisionMismatch     a Key-Value create/update lost the race
+    │   ├── RevisionMismatch     a Key-Value create/update lost the race
+    │   └── ConsumerRefused      JetStream refused an agent's consumer              -> 409
     ├── InvalidRequest       a /send body or NATS payload is malformed ("<field>: <reason>") -> 400
     ├── IdempotencyUnavailable  the Idempotency-Key bucket cannot be used (NATS, full)  -> 503
     ├── PacingUnavailable    no send slot from the bot's owner (NATS down, no owner)     -> 503
@@ -86,6 +87,11 @@ class PublishFailed(BusError):
 
 class RevisionMismatch(BusError):
     """A Key-Value create or update lost the race: the key exists or changed meanwhile."""
+
+
+class ConsumerRefused(BusError):
+    """JetStream refused to create or update a consumer (e.g. one of that name exists with a
+    configuration that cannot be changed)."""
 
 
 class InvalidRequest(GatewayError):

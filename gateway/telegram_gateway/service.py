@@ -16,6 +16,7 @@ from telegram_gateway import SERVICE_NAME, metrics
 from telegram_gateway.botapi import BotApi, BotApiClient
 from telegram_gateway.bus import Bus
 from telegram_gateway.config import Settings
+from telegram_gateway.consumers import ConsumerService
 from telegram_gateway.files import ReceivedFiles
 from telegram_gateway.health import BotApiProbe, Check, Component
 from telegram_gateway.idempotency import IdempotencyStore
@@ -79,6 +80,8 @@ class Gateway:
         self.outbound = OutboundService(settings, self.bus, self.sender, self.idempotency)
         self.add(self.sender)
         self.add(self.outbound)
+        # agents' durable pull consumers of the stream (telegram.consumers.create / .delete)
+        self.add(ConsumerService(settings, self.bus))
         self.add(self.files)
         self.bus.on_state_change(lambda up: metrics.NATS_CONNECTED.set(1 if up else 0))
 

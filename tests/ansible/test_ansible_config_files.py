@@ -6,6 +6,7 @@ checked by nats-server itself."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import time
@@ -250,6 +251,28 @@ async def connect_users(
     return gateway, agents
 
 
+async def read_object(js: Any, name: str) -> bytes:
+    """An object of TELEGRAM_FILES as the README shows agents reading it: its metadata, then
+    each chunk, by direct gets (no consumer)."""
+    import base64
+
+    stream = "OBJ_TELEGRAM_FILES"
+    encoded = base64.urlsafe_b64encode(name.encode()).decode()
+    meta = await js.get_last_msg(stream, f"$O.TELEGRAM_FILES.M.{encoded}", direct=True)
+    info = json.loads(meta.data)
+    data, seq = b"", 0
+    for _ in range(info["chunks"]):
+        chunk = await js.get_msg(
+            stream,
+            seq=seq + 1,
+            subject=f"$O.TELEGRAM_FILES.C.{info['nuid']}",
+            next=True,
+            direct=True,
+        )
+        data, seq = data + chunk.data, chunk.seq
+    return data
+
+
 async def until_violation(errors: list[str]) -> None:
     """The server's -ERR 'Permissions Violation' arrives asynchronously (error_cb): wait for
     it, bounded, rather than a fixed time that a loaded host may miss."""
@@ -266,6 +289,7 @@ def test_rendered_nats_users_have_the_intended_permissions(
 ) -> None:
     nats = pytest.importorskip("nats")
     from nats.errors import NoRespondersError, TimeoutError
+    from nats.js.api import AckPolicy, ConsumerConfig
 
     async def scenario() -> None:
         errors: list[str] = []
@@ -284,14 +308,19 @@ def test_rendered_nats_users_have_the_intended_permissions(
             js = gateway.jetstream()
             await js.add_stream(name="TELEGRAM", subjects=["telegram.in.>"])
             await js.publish("telegram.in.1.message", b"{}", headers={"Nats-Msg-Id": "1:1"})
-            # agents read it with a consumer and ack
-            agents_js = agents.jetstream()
-            sub = await agents_js.pull_subscribe(
-                "telegram.in.>", durable="agent", stream="TELEGRAM"
+            # agents read it with a durable pull consumer the gateway creates for them
+            # (telegram.consumers.create), bound, fetched and acked
+            await js.add_consumer(
+                "TELEGRAM",
+                ConsumerConfig(durable_name="agent", ack_policy=AckPolicy.EXPLICIT),
             )
+            agents_js = agents.jetstream()
+            sub = await agents_js.pull_subscribe_bind("agent", stream="TELEGRAM")
             messages = await sub.fetch(1, timeout=5)
             assert messages[0].data == b"{}"
-            await messages[0].ack()
+            await messages[0].ack_sync()
+            info = await agents_js.consumer_info("TELEGRAM", "agent")
+            assert info.num_ack_pending == 0 and info.delivered.stream_seq == 1
 
             # agents request sends; the gateway answers on telegram.out.>
             async def answer(msg) -> None:
@@ -322,7 +351,8 @@ def test_rendered_nats_users_share_received_files_read_only(
     live_nats: str, fake_secrets: FakeSecrets
 ) -> None:
     """The gateway stores files in TELEGRAM_FILES and answers telegram.files.>; agents ask
-    for a file and read it with nats-py's object store API, and may not put, delete or purge."""
+    for a file and read it by direct gets (README: "Receiving files"), and may not put,
+    delete, purge, nor read it through a consumer of their own."""
     pytest.importorskip("nats")
     from nats.js.api import ObjectStoreConfig
 
@@ -344,15 +374,17 @@ def test_rendered_nats_users_share_received_files_read_only(
             reply = await agents.request("telegram.files.1.get", b'{"file_id":"x"}', timeout=5)
             assert b"AQADfileunique" in reply.data
 
-            agent_store = await agents.jetstream().object_store("TELEGRAM_FILES")
-            got = await agent_store.get("AQADfileunique")
-            assert got.data == data and got.info.size == len(data)
+            # the documented way: the object's metadata, then its chunks, by direct gets
+            assert await read_object(agents.jetstream(), "AQADfileunique") == data
 
             errors.clear()
+            agent_store = await agents.jetstream().object_store("TELEGRAM_FILES")
             with pytest.raises(Exception):  # noqa: B017 - refused: a timeout or an API error
                 await asyncio.wait_for(agent_store.put("forged", b"forged"), 5)
             with pytest.raises(Exception):  # noqa: B017
                 await asyncio.wait_for(agent_store.delete("AQADfileunique"), 5)
+            with pytest.raises(Exception):  # noqa: B017 - nats-py's get: a push consumer
+                await asyncio.wait_for(agent_store.get("AQADfileunique"), 5)
             with pytest.raises(Exception):  # noqa: B017
                 await agents.request("$JS.API.STREAM.PURGE.OBJ_TELEGRAM_FILES", b"{}", timeout=2)
             await until_violation(errors)
@@ -476,6 +508,55 @@ def test_only_the_gateway_uses_its_leases_idempotency_keys_and_slot_requests(
             # untouched
             assert (await owners.get("bots.1")).value == b'{"worker":"host-1"}'
             assert b"secret" in ((await keys.get("k.abc")).value or b"")
+        finally:
+            await agents.close()
+            await gateway.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_agents_cannot_create_consumers_that_deliver_anywhere(
+    live_nats: str, fake_secrets: FakeSecrets
+) -> None:
+    """The adversarial test of issue #11: an agent created a push consumer of the stream that
+    replayed stored updates onto another agent's subject. Agents create no consumer at all
+    now, push or pull, on the stream or the files bucket; they may bind to, fetch from and
+    inspect the pull consumers the gateway creates for them."""
+    pytest.importorskip("nats")
+    import contextlib
+
+    from nats.js.api import ConsumerConfig, ObjectStoreConfig
+    from nats.js.errors import BadRequestError
+
+    async def scenario() -> None:
+        errors: list[str] = []
+        gateway, agents = await connect_users(live_nats, fake_secrets, errors)
+        try:
+            js = gateway.jetstream()
+            # the module's server may have them from an earlier test
+            with contextlib.suppress(BadRequestError):
+                await js.add_stream(name="TELEGRAM", subjects=["telegram.in.>"])
+            with contextlib.suppress(BadRequestError):
+                await js.create_object_store("TELEGRAM_FILES", ObjectStoreConfig(ttl=3600))
+            await js.publish("telegram.in.1.message", b"{}", headers={"Nats-Msg-Id": "1:99"})
+            stored = (await js.stream_info("TELEGRAM")).state.messages
+            consumers = {c.name for c in await js.consumers_info("TELEGRAM")}
+            agents_js = agents.jetstream()
+            for stream, config in (
+                ("TELEGRAM", ConsumerConfig(deliver_subject="agents.victim")),
+                ("TELEGRAM", ConsumerConfig(deliver_subject="telegram.in.1.message")),
+                ("TELEGRAM", ConsumerConfig(durable_name="mine")),
+                ("OBJ_TELEGRAM_FILES", ConsumerConfig(deliver_subject="telegram.in.1.message")),
+            ):
+                errors.clear()
+                with pytest.raises(Exception):  # noqa: B017 - refused: timeout or API error
+                    await asyncio.wait_for(agents_js.add_consumer(stream, config), 3)
+                await until_violation(errors)
+            await asyncio.sleep(0.5)  # a window for a consumer that slipped through to deliver
+            assert {c.name for c in await js.consumers_info("TELEGRAM")} == consumers
+            assert await js.consumers_info("OBJ_TELEGRAM_FILES") == []
+            assert (await js.stream_info("TELEGRAM")).state.messages == stored
         finally:
             await agents.close()
             await gateway.close()

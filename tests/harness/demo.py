@@ -58,6 +58,14 @@ def main() -> int:
             {"subject": stored.subject, "headers": stored.headers, "payload": stored.update},
         )
 
+        wanted = {"name": "my-agent", "filter_subjects": [f"telegram.in.{BOT_ID}.message"]}
+        consumer = stack.request("telegram.consumers.create", wanted, timeout=10)
+        show(
+            "an agent asks for its durable pull consumer of the stream (then binds and fetches)",
+            f"nats req telegram.consumers.create '{json.dumps(wanted)}'",
+            consumer,
+        )
+
         body = {"bot": "demo", "chat_id": USER_CHAT, "text": "Hello from the gateway!"}
         status, answer, _ = stack.send(body)
         show(
@@ -107,6 +115,8 @@ def main() -> int:
             and reply.get("ok") is True
             and len(sent) == 2
             and stored_file.get("ok") is True
+            and consumer.get("ok") is True
+            and consumer["result"]["num_pending"] == 1
             and stored_file["result"]["size"] == len(document)
             and (status_file, got) == (200, document.decode())
         )

@@ -28,7 +28,6 @@ import urllib.request
 from typing import Any
 
 import nats
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 BOTAPI = "http://127.0.0.1:8081"
 GATEWAY = "http://127.0.0.1:8000"
@@ -120,12 +119,26 @@ async def read_stream(
     seen: list[dict[str, Any]] = []
     try:
         js = nc.jetstream()
-        cfg = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(start_seq, 1),
-            inactive_threshold=30.0,
+        # the documented agent workflow: the gateway creates the pull consumer, the agent
+        # binds to it (agents may not create consumers themselves)
+        name = f"probe-{os.getpid()}-{int(time.time() * 1000)}"
+        created = await nc.request(
+            "telegram.consumers.create",
+            json.dumps(
+                {
+                    "name": name,
+                    "filter_subjects": [f"telegram.in.{p['bot_id']}.>"],
+                    "deliver_policy": "by_start_sequence",
+                    "opt_start_seq": max(start_seq, 1),
+                    "inactive_threshold": 30,
+                }
+            ).encode(),
+            timeout=10,
         )
-        sub = await js.pull_subscribe(f"telegram.in.{p['bot_id']}.>", stream=STREAM, config=cfg)
+        answer = json.loads(created.data)
+        if not answer.get("ok"):
+            raise RuntimeError(f"telegram.consumers.create: {answer}")
+        sub = await js.pull_subscribe_bind(name, stream=STREAM)
         ids: set[int] = set()
         while not want <= ids and time.monotonic() - started < timeout:
             try:
@@ -287,9 +300,29 @@ def probe_kill9(p: dict[str, Any]) -> dict[str, Any]:
 OUTBOX = "/var/lib/telegram-gateway/outbox"
 
 
+async def read_object(js: Any, name: str) -> bytes:
+    """An object of TELEGRAM_FILES as the README shows agents reading it: the metadata, then
+    each chunk, by direct gets (agents may not create the consumer nats-py's get uses)."""
+    stream = "OBJ_TELEGRAM_FILES"
+    encoded = base64.urlsafe_b64encode(name.encode()).decode()
+    meta = await js.get_last_msg(stream, f"$O.TELEGRAM_FILES.M.{encoded}", direct=True)
+    info = json.loads(meta.data)
+    data, seq = b"", 0
+    for _ in range(info["chunks"]):
+        chunk = await js.get_msg(
+            stream,
+            seq=seq + 1,
+            subject=f"$O.TELEGRAM_FILES.C.{info['nuid']}",
+            next=True,
+            direct=True,
+        )
+        data, seq = data + chunk.data, chunk.seq
+    return data
+
+
 async def _files_over_nats(p: dict[str, Any], file_id: str) -> dict[str, Any]:
     """As the agents user: getFile through the gateway, then the documented way to the bytes
-    (telegram.files.<bot>.get, then nats-py's object store get), then a local file outside
+    (telegram.files.<bot>.get, then direct gets of its chunks), then a local file outside
     GATEWAY_MEDIA_DIRS as a file:// URI."""
     nc = await connect(p)
 
@@ -303,8 +336,7 @@ async def _files_over_nats(p: dict[str, Any], file_id: str) -> dict[str, Any]:
         stored = json.loads(await ask(f"files.{bot}.get", {"file_id": file_id}))
         data = b""
         if stored.get("ok"):
-            store = await nc.jetstream().object_store(stored["result"]["bucket"])
-            data = (await store.get(stored["result"]["name"])).data or b""
+            data = await read_object(nc.jetstream(), stored["result"]["name"])
         passwd = {"chat_id": p["chat_id"], "document": "file:///etc/passwd"}
         refused = json.loads(await ask(f"out.{bot}.sendDocument", passwd))
         return {
