@@ -52,6 +52,14 @@ def test_two_bots_two_workers_every_update_exactly_once(stack):
     stack.check_exactly_once(stored, stack.bot_ids)
     # fields no Bot API version has survive (the generator adds some at the top level)
     assert sum(1 for m in stored if set(m.update) - {"update_id", *stack.kinds}) > 1000
+    # the bots are spread: each worker owns one (a worker that took both at start-up hands
+    # one over after its current getUpdates, which causes no 409)
+    wait_until(
+        lambda: len({stack.holder(gateway, b).get("worker") for b in stack.bot_ids}) == 2,
+        40,
+        "each worker to own one bot",
+    )
+    assert {stack.holder(gateway, b)["pid"] for b in stack.bot_ids} == set(gateway.worker_pids())
     stats = stack.emulator.stats()
     assert stats["conflicts_409"] == 0
     assert stats["responses"].get("409", 0) == 0
