@@ -57,6 +57,8 @@ OWNERS_BUCKET = "TELEGRAM_OWNERS"
 LEASE_MARGIN = 0.5
 #: the server's expiry marker stays this long (nats-server's minimum), for watchers to see
 MARKER_TTL = 1.0
+#: seconds between two rounds woken by pokes (changed records, freed keys), at least
+POKE_SPACING = 0.05
 #: leases renewed per batch (each batch waits for its acknowledgements before the next)
 RENEW_BATCH = 100
 #: bots taken per round at most: a worker starting with hundreds of free bots takes them over a
@@ -128,7 +130,7 @@ class Ownership:
         self._stopping = False
         self._connected_at: float | None = None
         self._worker_revision = 0
-        self._task: asyncio.Task[None] | None = None
+        self._dirty: set[int] = set()  # owned bots whose record changed since the last write
         bus.declare_bucket(
             KeyValueConfig(
                 bucket=OWNERS_BUCKET,
@@ -172,8 +174,10 @@ class Ownership:
         self._reporters[bot_id] = snapshot
 
     def changed(self, bot_id: int) -> None:
-        """The bot's record changed: write it now rather than at the next renewal."""
+        """The bot's record changed: write it soon (at most ``1 / POKE_SPACING`` times a
+        second for all bots together) rather than at the next renewal."""
         if bot_id in self.leases:
+            self._dirty.add(bot_id)
             self._poke()
 
     def release(self, bot_id: int) -> None:
@@ -250,20 +254,32 @@ class Ownership:
             self.bus.call_soon(wake.set)
 
     async def _run(self) -> None:
+        """Every ``interval`` all leases are renewed; in between, a poke (a record changed, a
+        key deleted or expired) writes just the changed records and looks for free bots."""
         self._wake = asyncio.Event()
+        due = 0.0
         while not self._stopping:
+            full = self.clock() >= due
+            if full:
+                due = self.clock() + self.interval
             try:
-                await self._tick()
+                await self._tick(full)
             except Exception:
                 logger.exception("keeping the bot leases failed; trying again")
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, due - self.clock()))
             self._wake.clear()
+            await asyncio.sleep(POKE_SPACING)  # a burst of pokes is one round
 
-    async def _tick(self) -> None:
+    async def _tick(self, full: bool = True) -> None:
         if not self.bus.bucket_ready(OWNERS_BUCKET):
             return
-        await asyncio.gather(self._renew_worker(), self._renew_all())
+        if full:
+            await asyncio.gather(self._renew_worker(), self._renew_all())
+        elif self._dirty:
+            dirty, self._dirty = self._dirty, set()
+            changed = [(bot, self.leases[bot]) for bot in dirty if bot in self.leases]
+            await self._renew_batch(changed)
         if self._stopping:
             return
         settled = (
@@ -285,6 +301,7 @@ class Ownership:
     async def _renew_all(self) -> None:
         """One round of renewals: the leases in batches of revision-checked updates (a batch
         at a time, so that /healthz and the pollers of this worker get their turns)."""
+        self._dirty.clear()
         leases = list(self.leases.items())
         for start in range(0, len(leases), RENEW_BATCH):
             await self._renew_batch(leases[start : start + RENEW_BATCH])
