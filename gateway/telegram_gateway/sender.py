@@ -2,10 +2,11 @@
 
 One :class:`Sender` per worker process, shared by all its greenlets. For each Bot API call it
 
-1. reserves a time slot within Telegram's limits from the bot's owner
-   (:mod:`telegram_gateway.slots`: this worker's own calendar, or the owning worker's over
-   NATS; too far away -> :class:`RateLimited`, no owner to be had ->
-   :class:`PacingUnavailable`, nothing sent);
+0. hands the send to the bot's owner when another worker owns it
+   (:mod:`telegram_gateway.owner_sends`), which does the rest; an upload stays here;
+1. reserves a time slot within Telegram's limits (:mod:`telegram_gateway.slots`: this worker's
+   own calendar, or for an upload the owning worker's over NATS; too far away ->
+   :class:`RateLimited`, no owner to be had -> :class:`PacingUnavailable`, nothing sent);
 2. waits until the slot, then calls the Bot API, bounded by ``GATEWAY_SEND_TIMEOUT``;
 3. on a 429 waits Telegram's ``retry_after`` and tries again (at most ``ATTEMPTS`` times, and
    only while the extra wait stays within ``GATEWAY_SEND_MAX_WAIT``);
@@ -48,6 +49,7 @@ from telegram_gateway.redact import redact
 from telegram_gateway.replies import ReplyGuard
 
 if TYPE_CHECKING:
+    from telegram_gateway.owner_sends import OwnerSends
     from telegram_gateway.slots import Slots
 
 logger = logging.getLogger(__name__)
@@ -134,10 +136,14 @@ class Sender:
         settings: Settings,
         api: BotApi,
         pacer: Pacer | Slots | None = None,
+        owner_sends: OwnerSends | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
         self.pacer = pacer or Pacer(settings.send_max_wait, settings.send_pacing)
+        self.owner_sends = owner_sends
+        if owner_sends is not None:
+            owner_sends.sender = self
         self._moved: dict[tuple[int, str], int] = {}  # (bot, old chat) -> supergroup id
         self.guard = ReplyGuard(settings.bots)  # no token in what leaves the gateway
 
@@ -164,8 +170,24 @@ class Sender:
         parts: list[dict[str, Any]],
         upload: Upload | None = None,
     ) -> Delivery:
-        """Send ``method`` once per entry of ``parts`` (in order), paced and retried. Never
-        raises for Telegram or transport failures: they are in the :class:`Delivery`."""
+        """Send ``method`` once per entry of ``parts`` (in order), paced and retried: through
+        the bot's owner when another worker owns it (:mod:`telegram_gateway.owner_sends`; an
+        upload is sent here, with the owner's slots). Never raises for Telegram or transport
+        failures: they are in the :class:`Delivery`."""
+        if upload is None and self.owner_sends is not None:
+            forwarded = self.owner_sends.forward(bot, method, parts)
+            if forwarded is not None:
+                return forwarded
+        return self.send_here(bot, method, parts, upload)
+
+    def send_here(
+        self,
+        bot: BotConfig,
+        method: str,
+        parts: list[dict[str, Any]],
+        upload: Upload | None = None,
+    ) -> Delivery:
+        """:meth:`send` in this worker (its pacer decides when each part leaves)."""
         delivery = Delivery()
         label = str(bot.bot_id)
         given = parts[0].get("chat_id") if parts else None

@@ -21,6 +21,7 @@ from telegram_gateway.files import ReceivedFiles
 from telegram_gateway.health import BotApiProbe, Check, Component
 from telegram_gateway.idempotency import IdempotencyStore
 from telegram_gateway.nats_api import OutboundService
+from telegram_gateway.owner_sends import OwnerSends
 from telegram_gateway.ownership import Ownership
 from telegram_gateway.pacing import Pacer
 from telegram_gateway.poller import Poller
@@ -65,7 +66,8 @@ class Gateway:
         for poller in self.pollers.values():
             self.add(poller)
         # outbound: one sender per worker behind POST /send and telegram.out.<bot>.<method>;
-        # each bot's owner paces it in its memory, the other workers ask it for slots
+        # each bot's owner paces it in its memory and sends for it (the other workers hand
+        # their sends to it; an upload is sent where it arrived, with the owner's slots)
         self.slots = Slots(
             settings,
             self.bus,
@@ -73,7 +75,9 @@ class Gateway:
             Pacer(settings.send_max_wait, settings.send_pacing),
         )
         self.add(self.slots)
-        self.sender = Sender(settings, self.botapi, self.slots)
+        self.owner_sends = OwnerSends(settings, self.bus, self.ownership)
+        self.add(self.owner_sends)
+        self.sender = Sender(settings, self.botapi, self.slots, self.owner_sends)
         self.idempotency = IdempotencyStore(
             self.bus, settings.idempotency_ttl, settings.idempotency_max_bytes
         )
