@@ -258,6 +258,10 @@ class Bus:
             self.run(self._close(), timeout)
         except Exception as exc:  # closing is best effort
             logger.warning("NATS close did not finish cleanly: %s", exc)
+        # the loop's remaining tasks (subscriptions' readers, components' loops) end while the
+        # loop still runs, rather than being destroyed pending when it is closed
+        with contextlib.suppress(Exception):
+            self.run(self._cancel_tasks(), timeout)
         loop.call_soon_threadsafe(loop.stop)
         self._thread.join(timeout)
         self._thread = None
@@ -935,6 +939,13 @@ class Bus:
 
     async def _respond(self, msg: Msg, reply: bytes) -> None:
         await msg.respond(reply)
+
+    async def _cancel_tasks(self) -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _close(self) -> None:
         nc = self._nc

@@ -393,6 +393,21 @@ class Poller:
             offset = batch.next_offset
             self.record.offset = offset
             self._batch = None
+        self._confirm_before_handing_over(offset)
+
+    def _confirm_before_handing_over(self, offset: int | None) -> None:
+        """Handing the bot over with a valid lease: confirm the last delivered batch now (a
+        getUpdates with its offset that returns at once and takes at most one update, left
+        unconfirmed for the next owner), so the next owner does not receive it again and
+        route its copies a second time. Not after the lease may have run out: the next owner
+        may be polling already."""
+        bot_id = self.bot.bot_id
+        if offset is None or self._stop.is_set() or not self.ownership.holds(bot_id):
+            return
+        try:
+            self.client.get_updates_raw(offset, 1, 0, list(self.settings.allowed_updates))
+        except BotApiError as exc:
+            logger.info("bot %s: could not confirm before handing over: %s", self.label, exc)
 
     def _wait_for_nats(self, holding_since: float) -> None:
         """No batch in hand and NATS is down: do not poll (nothing could be confirmed)."""
