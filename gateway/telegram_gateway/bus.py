@@ -360,13 +360,13 @@ class Bus:
 
     def kv_get(self, bucket: str, key: str, timeout: float | None = None) -> Entry | None:
         """The key's entry; None when it does not exist or is deleted."""
-        bound = self._kv_timeout(timeout)
+        bound = self._api_timeout(timeout)
         return self.run(self.kv_get_async(bucket, key), bound)
 
     def kv_create(self, bucket: str, key: str, value: bytes, timeout: float | None = None) -> int:
         """Create ``key`` iff it does not exist (or is deleted); its revision. Raises
         :class:`RevisionMismatch` when it exists."""
-        bound = self._kv_timeout(timeout)
+        bound = self._api_timeout(timeout)
         return self.run(self.kv_create_async(bucket, key, value), bound)
 
     def kv_update(
@@ -374,17 +374,17 @@ class Bus:
     ) -> int:
         """Replace ``key`` iff its revision is still ``last``; the new revision. Raises
         :class:`RevisionMismatch` otherwise."""
-        bound = self._kv_timeout(timeout)
+        bound = self._api_timeout(timeout)
         return self.run(self.kv_update_async(bucket, key, value, last), bound)
 
     def kv_delete(
         self, bucket: str, key: str, last: int | None = None, timeout: float | None = None
     ) -> None:
         """Delete ``key`` (iff its revision is still ``last``, when given)."""
-        bound = self._kv_timeout(timeout)
+        bound = self._api_timeout(timeout)
         self.run(self.kv_delete_async(bucket, key, last), bound)
 
-    def _kv_timeout(self, timeout: float | None) -> float:
+    def _api_timeout(self, timeout: float | None) -> float:
         if not self._connected:
             raise BusUnavailable("not connected to NATS")
         return self.settings.publish_timeout + 1 if timeout is None else timeout
@@ -513,12 +513,12 @@ class Bus:
         :class:`ConsumerRefused` when JetStream refuses it."""
         if config.deliver_subject:
             raise ConsumerRefused("only pull consumers (no deliver subject)")
-        bound = self._kv_timeout(None)
+        bound = self._api_timeout(None)
         return self.run(self._add_pull_consumer(config), bound)
 
     def delete_consumer(self, name: str) -> bool:
         """Delete a consumer of the stream; False when there is none of that name."""
-        bound = self._kv_timeout(None)
+        bound = self._api_timeout(None)
         return self.run(self._delete_consumer(name), bound)
 
     async def _add_pull_consumer(self, config: ConsumerConfig) -> dict[str, Any]:

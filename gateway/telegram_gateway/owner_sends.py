@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from telegram_gateway.bus import Bus, Request
@@ -35,7 +34,6 @@ from telegram_gateway.errors import (
     BotApiUnreachable,
     BusUnavailable,
     GatewayError,
-    NoResponders,
     PacingUnavailable,
     RateLimited,
 )
@@ -49,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 #: ``_GATEWAY.send.<worker>``: the owner's send service (gateway user only)
 SUBJECT_PREFIX = "_GATEWAY.send"
-OWNER_POLL = 0.05
 
 
 class OwnerSends:
@@ -80,46 +77,22 @@ class OwnerSends:
 
         if not self.settings.send_pacing:
             return None
-        if not self.bus.connected:
-            return Delivery(
-                failure=PacingUnavailable(
-                    "NATS is disconnected: the gateway cannot tell which worker sends for this "
-                    "bot; nothing was sent"
-                )
-            )
         assert self.sender is not None
         payload = json.dumps({"bot": bot.bot_id, "method": method, "parts": parts}).encode()
         timeout = self.sender.longest(len(parts)) + 5.0
-        give_up = time.monotonic() + self.settings.lease_ttl + 1.0
-        while True:
-            if self.ownership.holds(bot.bot_id):
-                return None
-            owner = self.ownership.owner(bot.bot_id)
-            if owner is not None and owner != self.ownership.name:
-                try:
-                    answer = json.loads(
-                        self.bus.request(f"{SUBJECT_PREFIX}.{owner}", payload, timeout)
-                    )
-                except NoResponders:
-                    answer = {"not_owner": True}  # that worker is gone: wait for the next owner
-                except BusUnavailable as exc:
-                    return Delivery(
-                        failure=BotApiTimeout(
-                            method,
-                            f"the worker that sends for bot {bot.label} did not answer in time "
-                            f"({exc}); the message may have been sent",
-                        )
-                    )
-                if not answer.get("not_owner"):
-                    return delivery_from(answer)
-            if time.monotonic() > give_up:
-                return Delivery(
-                    failure=PacingUnavailable(
-                        f"no worker owns bot {bot.label} right now (another is taking over); "
-                        "nothing was sent"
-                    )
+        try:
+            answer = self.ownership.ask_owner(bot.bot_id, SUBJECT_PREFIX, payload, timeout)
+        except PacingUnavailable as exc:
+            return Delivery(failure=exc)
+        except BusUnavailable as exc:
+            return Delivery(
+                failure=BotApiTimeout(
+                    method,
+                    f"the worker that sends for bot {bot.label} did not answer in time ({exc}); "
+                    "the message may have been sent",
                 )
-            time.sleep(OWNER_POLL)
+            )
+        return None if answer is None else delivery_from(answer)
 
     # ---- the owner ---------------------------------------------------------------------------
     def handle(self, request: Request) -> bytes:

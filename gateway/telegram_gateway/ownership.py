@@ -47,7 +47,12 @@ from nats.js.api import KeyValueConfig, StorageType
 
 from telegram_gateway.bus import Bus, Entry
 from telegram_gateway.config import Settings
-from telegram_gateway.errors import BusError, RevisionMismatch
+from telegram_gateway.errors import (
+    BusError,
+    NoResponders,
+    PacingUnavailable,
+    RevisionMismatch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,8 @@ LEASE_MARGIN = 0.5
 MARKER_TTL = 1.0
 #: seconds between two rounds woken by pokes (changed records, freed keys), at least
 POKE_SPACING = 0.05
+#: how often a request for a bot without an owner looks again (a takeover under way)
+OWNER_POLL = 0.05
 #: leases renewed per batch (each batch waits for its acknowledgements before the next)
 RENEW_BATCH = 100
 #: bots taken per round at most: a worker starting with hundreds of free bots takes them over a
@@ -203,6 +210,39 @@ class Ownership:
     def owner(self, bot_id: int) -> str | None:
         record, _ = self.record(bot_id)
         return str(record.get("worker")) if record and record.get("worker") else None
+
+    def ask_owner(
+        self, bot_id: int, prefix: str, payload: bytes, timeout: float
+    ) -> dict[str, Any] | None:
+        """Ask the bot's owner, on ``<prefix>.<owner's name>``; its answer, or None when this
+        worker owns the bot. An owner that is gone or answers ``{"not_owner": true}`` (it lost
+        the bot meanwhile) is asked again once another worker owns the bot. Raises
+        :class:`PacingUnavailable` (nothing was done) when NATS is disconnected or no worker
+        owns the bot within the lease time, and :class:`BusUnavailable` when the owner did not
+        answer within ``timeout`` (it may have acted)."""
+        if not self.bus.connected:
+            raise PacingUnavailable(
+                "NATS is disconnected: the gateway cannot tell which worker owns this bot; "
+                "nothing was sent"
+            )
+        give_up = time.monotonic() + self.ttl + 1.0
+        while True:
+            if self.holds(bot_id):
+                return None
+            owner = self.owner(bot_id)
+            if owner is not None and owner != self.name:
+                try:
+                    answer = json.loads(self.bus.request(f"{prefix}.{owner}", payload, timeout))
+                except NoResponders:
+                    answer = {"not_owner": True}  # that worker is gone: wait for the next owner
+                if not answer.get("not_owner"):
+                    return dict(answer)
+            if time.monotonic() > give_up:
+                raise PacingUnavailable(
+                    f"no worker owns bot {bot_id} right now (another is taking over); nothing "
+                    "was sent"
+                )
+            time.sleep(OWNER_POLL)
 
     def live_workers(self) -> list[str]:
         now = self.clock()

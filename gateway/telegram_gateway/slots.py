@@ -30,7 +30,7 @@ from typing import Any
 
 from telegram_gateway.bus import Bus, Request
 from telegram_gateway.config import Settings
-from telegram_gateway.errors import BusUnavailable, NoResponders, PacingUnavailable, RateLimited
+from telegram_gateway.errors import BusUnavailable, PacingUnavailable, RateLimited
 from telegram_gateway.health import Check
 from telegram_gateway.ownership import Ownership
 from telegram_gateway.pacing import Chat, Pacer
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 #: ``_GATEWAY.slots.<worker>``: the owner's slot service (gateway user only)
 SUBJECT_PREFIX = "_GATEWAY.slots"
 ASK_TIMEOUT = 1.0  # seconds an owner has to answer a reserve or cancel
-OWNER_POLL = 0.05  # how often a send without an owner looks again
 
 
 class Slots:
@@ -106,38 +105,14 @@ class Slots:
         when pacing is off (GATEWAY_SEND_PACING=false: nothing to agree on)."""
         if not self.pacer.enabled:
             return None
-        if not self.bus.connected:
-            raise PacingUnavailable(
-                "NATS is disconnected: the gateway cannot tell which worker paces this bot; "
-                "nothing was sent"
-            )
-        give_up = time.monotonic() + self.settings.lease_ttl + 1.0
         question["bot"] = bot_id
         payload = json.dumps(question).encode()
-        while True:
-            if self.ownership.holds(bot_id):
-                return None
-            owner = self.ownership.owner(bot_id)
-            if owner is not None and owner != self.ownership.name:
-                try:
-                    answer = json.loads(
-                        self.bus.request(f"{SUBJECT_PREFIX}.{owner}", payload, timeout)
-                    )
-                except NoResponders:
-                    answer = {"not_owner": True}  # that worker is gone: wait for the next owner
-                except BusUnavailable as exc:
-                    raise PacingUnavailable(
-                        f"the worker that paces bot {bot_id} did not answer ({exc}); nothing "
-                        "was sent"
-                    ) from None
-                if not answer.get("not_owner"):
-                    return dict(answer)
-            if time.monotonic() > give_up:
-                raise PacingUnavailable(
-                    f"no worker owns bot {bot_id} right now (another is taking over); nothing "
-                    "was sent"
-                )
-            time.sleep(OWNER_POLL)
+        try:
+            return self.ownership.ask_owner(bot_id, SUBJECT_PREFIX, payload, timeout)
+        except BusUnavailable as exc:
+            raise PacingUnavailable(
+                f"the worker that paces bot {bot_id} did not answer ({exc}); nothing was sent"
+            ) from None
 
     def handle(self, request: Request) -> bytes:
         """Another worker asks this one, the owner, for a slot."""
