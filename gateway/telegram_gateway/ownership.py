@@ -168,9 +168,19 @@ class Ownership:
         polling: a thousand bots cost nothing while another worker owns them."""
         event = self._changed[bot_id]
         if not self.keeps(bot_id):
+            self._hand_over_unused(bot_id)
             event.wait(timeout)
             event.clear()
+        self._hand_over_unused(bot_id)
         return self.keeps(bot_id)
+
+    def _hand_over_unused(self, bot_id: int) -> None:
+        """A lease taken and, in the same round, marked for handing over before its poller
+        started on it: nobody polls it, so nobody else would let it go (the poller releases
+        only what it held). Release it here, or it is renewed for ever and polled by nobody."""
+        lease = self.leases.get(bot_id)
+        if lease is not None and lease.releasing:
+            self.release(bot_id)
 
     def wake(self, bot_id: int) -> None:
         """End a :meth:`wait` now (the poller is stopping)."""

@@ -33,7 +33,9 @@ class Worker:
     """An Ownership on its own Bus, plus what a poller does with it: a bot being handed over
     is let go at once."""
 
-    def __init__(self, server: NatsServer, tmp_path: Path, name: str) -> None:
+    def __init__(
+        self, server: NatsServer, tmp_path: Path, name: str, *, polls: bool = True
+    ) -> None:
         settings = load_settings(
             {
                 "TELEGRAM_BOT_TOKENS": ",".join(fake_token(bot) for bot in BOTS),
@@ -47,7 +49,9 @@ class Worker:
         self.ownership = Ownership(settings, self.bus, BOTS, name=name)
         self.ownership.reporter(BOTS[0], lambda: {"state": "polling", "pid": 1})
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._polite, daemon=True)
+        self._thread = threading.Thread(
+            target=self._polite if polls else self._standing_by, daemon=True
+        )
 
     def start(self) -> Worker:
         self.bus.start()
@@ -60,6 +64,12 @@ class Worker:
             for bot in BOTS:
                 if self.ownership.holds(bot) and not self.ownership.keeps(bot):
                     self.ownership.release(bot)
+
+    def _standing_by(self) -> None:
+        """Pollers that never start on their bots: each only waits, as a standby does."""
+        while not self._stop.is_set():
+            for bot in BOTS:
+                self.ownership.wait(bot, 0.01)
 
     def owned(self) -> set[int]:
         return {bot for bot in BOTS if self.ownership.holds(bot)}
@@ -105,6 +115,25 @@ def test_two_workers_split_the_bots_and_never_share_one(server, tmp_path):
 
 def test_a_worker_joining_later_gets_its_share_handed_over(server, tmp_path):
     first = Worker(server, tmp_path, "early").start()
+    second = None
+    try:
+        wait_until(lambda: len(first.owned()) == 4, 15, "the only worker owns all bots")
+        second = Worker(server, tmp_path, "late").start()
+        wait_until(
+            lambda: len(first.owned()) == 2 and len(second.owned()) == 2, 20, "two bots each"
+        )
+        assert exclusive([first, second])
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_a_bot_handed_over_before_its_poller_started_is_let_go(server, tmp_path):
+    """A worker takes bots and, in the same round, is asked to hand some over (another worker
+    appeared): its pollers had not started on them yet, so only their standby wait can let
+    them go. CI once saw such a lease renewed for ever and the bot polled by nobody."""
+    first = Worker(server, tmp_path, "early", polls=False).start()
     second = None
     try:
         wait_until(lambda: len(first.owned()) == 4, 15, "the only worker owns all bots")
