@@ -35,6 +35,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -407,11 +408,15 @@ class Bus:
             raise _bus_error(exc, f"reading {bucket}") from None
         return Entry(bucket, key, entry.value, entry.revision or 0)
 
-    async def kv_create_async(self, bucket: str, key: str, value: bytes) -> int:
+    async def kv_create_async(
+        self, bucket: str, key: str, value: bytes, ttl: float | None = None
+    ) -> int:
+        """Create ``key`` iff absent; with ``ttl`` the server removes it that many seconds
+        (whole, rounded up) after this write unless it is written again (per-key TTL)."""
         kv = self._bucket(bucket)
         try:
             try:
-                return await kv.create(key, value)
+                return await kv.create(key, value, msg_ttl=_ttl_seconds(ttl))
             except nats.js.errors.KeyWrongLastSequenceError:
                 # nats-py's create takes a delete marker for a deleted key, but not the marker
                 # nats-server leaves when a key's age runs out (header Nats-Marker-Reason),
@@ -419,8 +424,8 @@ class Bus:
                 marker = await self._expiry_marker(bucket, key)
                 if marker is None:
                     raise
-                return await kv.update(key, value, last=marker)
-        except nats.js.errors.KeyWrongLastSequenceError:
+                return await self.kv_update_async(bucket, key, value, marker, ttl)
+        except (nats.js.errors.KeyWrongLastSequenceError, RevisionMismatch):
             raise RevisionMismatch(f"{bucket}: key exists") from None
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise _bus_error(exc, f"writing {bucket}") from None
@@ -434,13 +439,28 @@ class Bus:
             return None
         return msg.seq if msg.headers and "Nats-Marker-Reason" in msg.headers else None
 
-    async def kv_update_async(self, bucket: str, key: str, value: bytes, last: int) -> int:
+    async def kv_update_async(
+        self, bucket: str, key: str, value: bytes, last: int, ttl: float | None = None
+    ) -> int:
+        """Replace ``key`` iff its revision is still ``last`` (``ttl`` as for
+        :meth:`kv_create_async`; nats-py's ``update`` takes none, so this is its JetStream
+        publish with the expected-revision header and the per-message TTL)."""
+        self._bucket(bucket)
+        assert self._nc is not None
         try:
-            return await self._bucket(bucket).update(key, value, last=last)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            raise RevisionMismatch(f"{bucket}: key changed since revision {last}") from None
+            ack = await self._nc.jetstream().publish(
+                f"$KV.{bucket}.{key}",
+                value,
+                headers={"Nats-Expected-Last-Subject-Sequence": str(last)},
+                msg_ttl=_ttl_seconds(ttl),
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in (10071, 10164):
+                raise RevisionMismatch(f"{bucket}: key changed since revision {last}") from None
+            raise _bus_error(exc, f"writing {bucket}") from None
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise _bus_error(exc, f"writing {bucket}") from None
+        return int(ack.seq)
 
     async def kv_update_many_async(
         self, bucket: str, updates: Sequence[tuple[str, bytes, int]], timeout: float
@@ -960,6 +980,12 @@ class Bus:
             await asyncio.wait_for(nc.drain(), 3)
         except Exception:
             await nc.close()
+
+
+def _ttl_seconds(ttl: float | None) -> int | None:
+    """A per-key TTL as nats-server keeps it: whole seconds, at least 1 (rounded up, so a key
+    never goes before the time its writer counts on)."""
+    return None if ttl is None else max(1, math.ceil(ttl))
 
 
 def _bus_error(exc: Exception, doing: str) -> BusError:

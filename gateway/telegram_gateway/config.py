@@ -379,8 +379,8 @@ SETTINGS: tuple[Setting, ...] = (
         "lease_ttl",
         _number(2, 60),
         "3",
-        "how long a bot's lease in the TELEGRAM_OWNERS bucket outlives its owner's last renewal "
-        "(renewed every third of it), seconds: after a crash another worker polls the bot "
+        "how long a worker's lease in the TELEGRAM_OWNERS bucket outlives its last renewal "
+        "(renewed every third of it), seconds: after a crash another worker polls its bots "
         "within about this long",
     ),
     Setting(
@@ -388,8 +388,8 @@ SETTINGS: tuple[Setting, ...] = (
         "health_probe_interval",
         _number(0.1, 300),
         "5",
-        "how often getMe probes the Bot API for each bot for /healthz, seconds (at most 10 "
-        "getMe per second per worker: with many bots, each bot every bots / 10 s)",
+        "how often getMe probes the Bot API for each bot for /healthz, seconds (at most 2 "
+        "getMe per second per worker: with many bots, each bot every bots / 2 s)",
     ),
     Setting(
         "GATEWAY_SEND_TIMEOUT",

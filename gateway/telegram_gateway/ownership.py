@@ -1,25 +1,40 @@
-"""Who polls and paces which bot: leases in the JetStream Key-Value bucket ``TELEGRAM_OWNERS``.
+"""Who polls and paces which bot: claims and worker leases in the JetStream Key-Value bucket
+``TELEGRAM_OWNERS``.
 
-A worker *owns* a bot while it holds the key ``bots.<bot_id>``:
+Two kinds of key, one lease per *worker* rather than per bot, so that a thousand idle bots cost
+one write a second per worker instead of a thousand:
 
-* taking it is ``create`` (succeeds only when the key is absent or deleted: atomic across
-  workers and hosts that share the NATS cluster);
-* keeping it is an ``update`` with the last revision every ``GATEWAY_LEASE_TTL`` / 3 seconds.
-  The value is the owner's poller record (state, offset, last getUpdates, ...), so the lease
-  is also the bot's health report that every worker reads for ``/healthz``;
-* the bucket's age limit is ``GATEWAY_LEASE_TTL``: a key nobody kept is removed by the server
-  that long after its last write (kill -9, a stalled worker, a lost connection), and the server
-  leaves a marker that every worker's watch sees, so a standby takes the bot at once;
-* the owner itself stops using a lease ``LEASE_MARGIN`` before it can have expired: it
-  measures from the moment it *sent* its last successful update (the server's clock starts
+* ``workers.<name>`` is the worker's lease. It is created with a per-key TTL of
+  ``GATEWAY_LEASE_TTL`` and kept with a revision-checked update every ``GATEWAY_LEASE_TTL`` / 3
+  seconds. A key nobody kept (kill -9, a stalled worker, a lost connection) is removed by the
+  server that long after its last write, and the server leaves a marker that every worker's
+  watch sees.
+* ``bots.<bot_id>`` is the claim: the name of the worker that owns the bot, with its poller
+  record (state, offset, last getUpdates, ...) that every worker reads for ``/healthz``. It has
+  no TTL; it is written when taken, when the record changes (state changes at once, the rest
+  every few seconds at most) and deleted when the bot is handed over.
+
+A worker owns a bot while the bot's claim names it *and* its own lease is alive:
+
+* taking a free bot is ``create`` (succeeds only when the claim is absent or deleted: atomic
+  across workers and hosts that share the NATS cluster); taking a bot whose claim names a
+  worker whose lease is gone (its watch saw the key expire, confirmed by reading it) is an
+  ``update`` with the claim's revision, so of several workers trying, one wins;
+* the owner stops using *all* its bots ``LEASE_MARGIN`` before its lease can have expired: it
+  measures from the moment it *sent* its last successful renewal (the server's clock starts
   later), on its own monotonic clock. The poller and the sender check :meth:`Ownership.holds`
   before every getUpdates and every send, so an owner that stalled (SIGSTOP, a blocked event
-  loop) and wakes up after its lease ran out does not carry on beside the new owner.
+  loop) and wakes up after its lease ran out does not carry on beside the new owner. Its next
+  renewal fails (the key expired, its revision changed): it drops every bot, starts a new
+  lease and takes bots again like any other worker (its old claims, if nobody took them, by
+  the same revision-checked update);
+* a claim's update with a stale revision also fails: an owner whose claim was taken learns it
+  at its next record write at the latest, and its lease had run out before that could happen.
 
-Spreading: every worker also keeps ``workers.<name>`` alive the same way. A worker takes free
-bots only while it owns fewer than its share (``ceil(bots / live workers)``), and one that owns
-more than its share while another owns less hands one over at a time: the poller finishes its
-current getUpdates (no 409 for the next owner), then the key is deleted and another worker's
+Spreading: a worker takes free bots only while it owns fewer than its share
+(``ceil(bots / live workers)``, live workers being the ``workers.*`` keys), and one that owns
+more than its share while another owns less hands the surplus over: the poller finishes its
+current getUpdates (no 409 for the next owner), then the claim is deleted and another worker's
 watch sees it free. With 2 workers and 2 or more bots, neither owns all of them.
 
 Everything here runs on the NATS loop (:meth:`telegram_gateway.bus.Bus.spawn`); the pollers and
@@ -66,8 +81,11 @@ MARKER_TTL = 1.0
 POKE_SPACING = 0.05
 #: how often a request for a bot without an owner looks again (a takeover under way)
 OWNER_POLL = 0.05
-#: leases renewed per batch (each batch waits for its acknowledgements before the next)
+#: claims (records) written per batch (each batch waits for its acknowledgements before the next)
 RENEW_BATCH = 100
+#: a record whose only change is its progress (last getUpdates, offset) is written again after
+#: this long at most (or a quarter of GATEWAY_POLLER_STALL_AFTER, when that is shorter)
+RECORD_REFRESH = 5.0
 #: bots taken per round at most: a worker starting with hundreds of free bots takes them over a
 #: few rounds, so that their first getUpdates do not all fall into one moment and starve the
 #: renewals of the leases it already holds
@@ -84,10 +102,15 @@ def bot_key(bot_id: int) -> str:
     return f"bots.{bot_id}"
 
 
+def worker_key(name: str) -> str:
+    return f"workers.{name}"
+
+
 @dataclass
 class Lease:
+    """A bot this worker owns: its claim's revision (valid while the worker's lease is)."""
+
     revision: int
-    deadline: float  # monotonic: the owner may use the lease until then
     releasing: bool = False
 
 
@@ -137,12 +160,16 @@ class Ownership:
         self._stopping = False
         self._connected_at: float | None = None
         self._worker_revision = 0
+        self._deadline = 0.0  # monotonic: this worker may use its bots until then
+        self._letting_go: dict[int, int] = {}  # claims being deleted: their revision
+        self._alive_at: dict[str, float] = {}  # when each worker's lease was last seen written
         self._dirty: set[int] = set()  # owned bots whose record changed since the last write
+        self.refresh = min(RECORD_REFRESH, settings.poller_stall_after / 4)
         bus.declare_bucket(
             KeyValueConfig(
                 bucket=OWNERS_BUCKET,
-                description="which gateway worker polls and paces each bot (leases)",
-                ttl=self.ttl,
+                description="which gateway worker polls and paces each bot (claims and leases)",
+                ttl=0,  # claims stay; the workers' leases carry their own TTL
                 history=1,
                 storage=StorageType.FILE,
                 limit_marker_ttl=MARKER_TTL,
@@ -154,13 +181,12 @@ class Ownership:
     # ---- what pollers and senders ask --------------------------------------------------
     def holds(self, bot_id: int) -> bool:
         """True while this worker may poll and send for the bot (lease not possibly expired)."""
-        lease = self.leases.get(bot_id)
-        return lease is not None and self.clock() < lease.deadline
+        return bot_id in self.leases and self.clock() < self._deadline
 
     def keeps(self, bot_id: int) -> bool:
         """Holds the bot and is not handing it over: the poller carries on."""
         lease = self.leases.get(bot_id)
-        return lease is not None and not lease.releasing and self.clock() < lease.deadline
+        return lease is not None and not lease.releasing and self.clock() < self._deadline
 
     def wait(self, bot_id: int, timeout: float) -> bool:
         """Wait until this worker may start on the bot (it took the lease, or its lease is
@@ -191,8 +217,8 @@ class Ownership:
         self._reporters[bot_id] = snapshot
 
     def changed(self, bot_id: int) -> None:
-        """The bot's record changed: write it soon (at most ``1 / POKE_SPACING`` times a
-        second for all bots together) rather than at the next renewal."""
+        """The bot's record changed: write it soon (at most ``1 / POKE_SPACING`` rounds a
+        second for all bots together)."""
         if bot_id in self.leases:
             self._dirty.add(bot_id)
             self._poke()
@@ -203,19 +229,35 @@ class Ownership:
         lease = self.leases.pop(bot_id, None)
         if lease is None:
             return
-        with contextlib.suppress(BusError):  # no NATS: the key expires by itself
-            self.bus.spawn(self._delete(bot_key(bot_id), lease.revision))
+        self._let_go(bot_id, lease.revision)
+
+    def _let_go(self, bot_id: int, revision: int) -> None:
+        """Delete the bot's claim (if still at ``revision``): another worker's watch sees it
+        free. If that fails (no NATS), the claim still names this worker and the next rounds
+        take it back or delete it (:meth:`_tidy`)."""
+        self._letting_go[bot_id] = revision  # not to be taken back before it is gone
+        with contextlib.suppress(BusError):
+            self.bus.spawn(self._delete_claim(bot_id, revision))
+
+    async def _delete_claim(self, bot_id: int, revision: int) -> None:
+        try:
+            await self._delete(bot_key(bot_id), revision)
+        finally:
+            if self._letting_go.get(bot_id) == revision:
+                del self._letting_go[bot_id]
 
     def record(self, bot_id: int) -> tuple[dict[str, Any] | None, float]:
-        """The bot's owner's last record and how many seconds ago it was written (as this
-        worker saw it); (None, 0) when no worker owns the bot."""
+        """The bot's owner's last record and how many seconds ago its owner was last known
+        alive (its lease seen written, as this worker saw it); (None, 0) when no worker
+        claims the bot."""
         if bot_id in self.leases:
             return self._record(bot_id), 0.0
         seen = self.seen.get(bot_key(bot_id))
         record = seen.record() if seen is not None else None
         if seen is None or record is None:
             return None, 0.0
-        return record, self.clock() - seen.at
+        alive_at = self._alive_at.get(str(record.get("worker")), seen.at)
+        return record, self.clock() - alive_at
 
     def owner(self, bot_id: int) -> str | None:
         record, _ = self.record(bot_id)
@@ -254,6 +296,11 @@ class Ownership:
                 )
             time.sleep(OWNER_POLL)
 
+    def alive(self, name: str) -> bool:
+        """Whether the worker's lease exists, as this worker's watch last saw it."""
+        seen = self.seen.get(worker_key(name))
+        return seen is not None and seen.value is not None
+
     def live_workers(self) -> list[str]:
         now = self.clock()
         names = {
@@ -282,7 +329,7 @@ class Ownership:
         if self._worker_revision and self.bus.connected:
             revision, self._worker_revision = self._worker_revision, 0
             with contextlib.suppress(Exception):
-                self.bus.run(self._delete(f"workers.{self.name}", revision), 2)
+                self.bus.run(self._delete(worker_key(self.name), revision), 2)
         self._poke()
 
     def checks(self) -> dict[str, Any]:
@@ -290,7 +337,10 @@ class Ownership:
 
     # ---- on the NATS loop ----------------------------------------------------------------
     def _on_entry(self, entry: Entry) -> None:
-        self.seen[entry.key] = Seen(self.clock(), entry.value, entry.revision)
+        now = self.clock()
+        self.seen[entry.key] = Seen(now, entry.value, entry.revision)
+        if entry.value is not None and entry.key.startswith("workers."):
+            self._alive_at[entry.key.split(".", 1)[1]] = now
         if entry.value is None:
             self._poke()  # a bot is free, or a worker gone (a larger share): act now
 
@@ -325,19 +375,21 @@ class Ownership:
         if not self.bus.bucket_ready(OWNERS_BUCKET):
             return
         if full:
-            await asyncio.gather(self._renew_worker(), self._renew_all())
-        elif self._dirty:
+            await self._renew_worker()
+        if self._dirty:
             dirty, self._dirty = self._dirty, set()
-            changed = [(bot, self.leases[bot]) for bot in dirty if bot in self.leases]
-            await self._renew_batch(changed)
+            changed = [(bot, self.leases[bot]) for bot in sorted(dirty) if bot in self.leases]
+            for start in range(0, len(changed), RENEW_BATCH):
+                await self._write_records(changed[start : start + RENEW_BATCH])
         if self._stopping:
             return
         settled = (
             self._connected_at is not None and self.clock() - self._connected_at >= self.interval
         )
-        if settled:  # the watch has shown who else is there
+        if settled and self.clock() < self._deadline:  # the watch has shown who else is there
             await self._acquire()
             self._shed()
+            self._tidy()
 
     def _record(self, bot_id: int) -> dict[str, Any]:
         reporter = self._reporters.get(bot_id)
@@ -348,16 +400,9 @@ class Ownership:
     def _value(self, bot_id: int) -> bytes:
         return json.dumps(self._record(bot_id), separators=(",", ":")).encode()
 
-    async def _renew_all(self) -> None:
-        """One round of renewals: the leases in batches of revision-checked updates (a batch
-        at a time, so that /healthz and the pollers of this worker get their turns)."""
-        self._dirty.clear()
-        leases = list(self.leases.items())
-        for start in range(0, len(leases), RENEW_BATCH):
-            await self._renew_batch(leases[start : start + RENEW_BATCH])
-
-    async def _renew_batch(self, leases: list[tuple[int, Lease]]) -> None:
-        sent = self.clock()
+    async def _write_records(self, leases: list[tuple[int, Lease]]) -> None:
+        """Write the claims' records, each with a revision-checked update: a claim changed by
+        somebody else means the bot was taken (this worker's lease had run out)."""
         updates = [
             (bot_key(bot_id), self._value(bot_id), lease.revision) for bot_id, lease in leases
         ]
@@ -366,68 +411,143 @@ class Ownership:
             if self.leases.get(bot_id) is not lease:
                 continue  # released meanwhile
             if isinstance(result, int):
-                was_valid = self.clock() < lease.deadline
                 lease.revision = result
-                lease.deadline = sent + self.ttl - LEASE_MARGIN
-                if not was_valid:
-                    self._changed[bot_id].set()  # usable again: wake its poller
             elif isinstance(result, RevisionMismatch):
                 del self.leases[bot_id]
                 logger.warning(
-                    "bot %s: the lease was lost (expired or taken by another worker); "
-                    "this worker (%s) stops polling and sending for it",
+                    "bot %s: the claim was taken by another worker (this worker's lease ran "
+                    "out); this worker (%s) stops polling and sending for it",
                     bot_id,
                     self.name,
                 )
                 self._changed[bot_id].set()
-            elif self.clock() >= lease.deadline - self.interval:
-                logger.warning("bot %s: cannot renew the lease: %s", bot_id, result)
+            else:
+                self._dirty.add(bot_id)  # written again in the next round
 
     async def _renew_worker(self) -> None:
-        key = f"workers.{self.name}"
-        value = json.dumps({"worker": self.name, "bots": sorted(self.leases)}).encode()
+        """Keep this worker's lease: every bot it owns depends on it."""
+        key = worker_key(self.name)
+        value = json.dumps({"worker": self.name, "bots": len(self.leases)}).encode()
+        sent = self.clock()
         try:
             if self._worker_revision:
-                self._worker_revision = await self.bus.kv_update_async(
-                    OWNERS_BUCKET, key, value, self._worker_revision
+                revision = await self.bus.kv_update_async(
+                    OWNERS_BUCKET, key, value, self._worker_revision, ttl=self.ttl
                 )
             else:
-                self._worker_revision = await self.bus.kv_create_async(OWNERS_BUCKET, key, value)
+                revision = await self.bus.kv_create_async(OWNERS_BUCKET, key, value, ttl=self.ttl)
         except RevisionMismatch:
-            self._worker_revision = 0  # expired meanwhile: created again next time
-        except BusError:
-            pass
+            if self._worker_revision:
+                self._lost_lease()
+            self._worker_revision = 0  # created again in the next round
+            return
+        except BusError as exc:
+            if self.leases and self.clock() >= self._deadline - self.interval:
+                logger.warning("cannot renew the lease of worker %s: %s", self.name, exc)
+            return
+        self._worker_revision = revision
+        was_valid = self.clock() < self._deadline
+        self._deadline = sent + self.ttl - LEASE_MARGIN
+        if not was_valid:
+            for bot_id in self.leases:
+                self._changed[bot_id].set()  # usable again: wake its poller
 
-    def _free(self, bot_id: int) -> bool:
+    def _lost_lease(self) -> None:
+        """This worker's lease expired (it was not renewed in time): another worker may own
+        any of its bots now. Drop them all; a new lease is taken in the next round."""
+        if self.leases:
+            logger.warning(
+                "worker %s: its lease expired (not renewed in time); it stops polling and "
+                "sending for its %d bot(s) and takes bots again like a new worker",
+                self.name,
+                len(self.leases),
+            )
+        lost, self.leases = self.leases, {}
+        self._dirty.clear()
+        for bot_id in lost:
+            self._changed[bot_id].set()
+
+    def _claim(self, bot_id: int) -> int | None:
+        """How this worker may take the bot: 0 when nobody claims it (create), the claim's
+        revision when the claim names a worker whose lease is gone or this worker itself (from
+        before it lost its lease); None when a live worker owns it or this worker does."""
         if bot_id in self.leases:
-            return False
+            return None
         seen = self.seen.get(bot_key(bot_id))
         if seen is None or seen.value is None:
+            return 0
+        worker = str((seen.record() or {}).get("worker", ""))
+        if worker != self.name and self.alive(worker):
+            return None
+        if worker == self.name and self._letting_go.get(bot_id) == seen.revision:
+            return None  # released a moment ago; the watch has not shown the deletion yet
+        return seen.revision
+
+    def _tidy(self) -> None:
+        """Claims that name this worker but that it does not hold (a deletion that failed, a
+        lease lost and not taken back): taken back while it has room (:meth:`_acquire`),
+        deleted once it has none, so that they do not keep other workers away."""
+        if self.share() > len(self.leases):
+            return
+        for bot_id in self.bots:
+            if bot_id in self.leases or bot_id in self._letting_go:
+                continue
+            seen = self.seen.get(bot_key(bot_id))
+            if seen is not None and (seen.record() or {}).get("worker") == self.name:
+                self._let_go(bot_id, seen.revision)
+
+    async def _gone(self, worker: str, known: dict[str, bool]) -> bool:
+        """Whether the worker's lease is really gone: the watch said so; read it to be sure
+        before taking its bots (a watch that has not yet shown every key is no proof)."""
+        if worker == self.name:
             return True
-        return self.clock() - seen.at > self.ttl + self.interval  # its owner stopped writing
+        if worker not in known:
+            try:
+                entry = await self.bus.kv_get_async(OWNERS_BUCKET, worker_key(worker))
+            except BusError:
+                known[worker] = False
+            else:
+                known[worker] = entry is None
+        return known[worker]
 
     async def _acquire(self) -> None:
         room = self.share() - len(self.leases)
         if room <= 0:
             return
+        claims = {bot: self._claim(bot) for bot in self.bots}
         # each worker tries the free bots in its own order, so that two of them starting
         # together do not race for the same bot first
         free = sorted(
-            (bot for bot in self.bots if self._free(bot)),
+            (bot for bot, revision in claims.items() if revision is not None),
             key=lambda bot: hashlib.sha256(f"{self.name}:{bot}".encode()).digest(),
         )
+        known: dict[str, bool] = {}
         for bot_id in free[: min(room, ACQUIRE_BATCH)]:
-            sent = self.clock()
+            revision = claims[bot_id]
+            assert revision is not None
             try:
-                revision = await self.bus.kv_create_async(
-                    OWNERS_BUCKET, bot_key(bot_id), self._value(bot_id)
-                )
+                if revision == 0:
+                    revision = await self.bus.kv_create_async(
+                        OWNERS_BUCKET, bot_key(bot_id), self._value(bot_id)
+                    )
+                else:
+                    seen = self.seen[bot_key(bot_id)]
+                    previous = str((seen.record() or {}).get("worker", ""))
+                    if not await self._gone(previous, known):
+                        continue
+                    revision = await self.bus.kv_update_async(
+                        OWNERS_BUCKET, bot_key(bot_id), self._value(bot_id), revision
+                    )
             except RevisionMismatch:
                 continue  # somebody holds it (or took it a moment ago)
             except BusError as exc:
-                logger.debug("bot %s: cannot take the lease: %s", bot_id, exc)
+                logger.debug("bot %s: cannot take it: %s", bot_id, exc)
                 return
-            self.leases[bot_id] = Lease(revision, sent + self.ttl - LEASE_MARGIN)
+            if self.clock() >= self._deadline:
+                # this worker's own lease ran out meanwhile: the claim names it, and it is
+                # taken again (or by another worker) once that is settled
+                return
+            self.leases[bot_id] = Lease(revision)
             logger.info("bot %s: worker %s owns it now", bot_id, self.name)
             self._changed[bot_id].set()
         if len(free) > ACQUIRE_BATCH and room > ACQUIRE_BATCH:
@@ -467,6 +587,6 @@ class Ownership:
         try:
             await self.bus.kv_delete_async(OWNERS_BUCKET, key, last=revision)
         except RevisionMismatch:
-            pass  # expired and taken meanwhile: nothing of ours left
+            pass  # changed meanwhile (taken, or expired): nothing of ours left
         except BusError as exc:
-            logger.debug("could not delete %s (it expires by itself): %s", key, exc)
+            logger.debug("could not delete %s (tried again later): %s", key, exc)

@@ -16,15 +16,17 @@ makes the Bot API deliver the batch again and JetStream drops the second copy by
 ``Nats-Msg-Id``. The batch's memory of acknowledged updates also covers a NATS outage longer
 than the duplicate window: what was acked is not published again.
 
-**One poller per bot.** Every worker runs a :class:`Poller` per bot, but only the owner of the
-bot's lease in the Key-Value bucket ``TELEGRAM_OWNERS`` polls (:mod:`telegram_gateway.ownership`).
-The lease is checked before every getUpdates (which is also what confirms the previous batch),
-so an owner whose lease may have run out (NATS gone, the worker stalled) neither polls nor
-confirms; the next owner gets the unconfirmed updates again.
+**One poller per bot.** Every worker runs a :class:`Poller` per bot, but only the worker that
+owns the bot (its claim in the Key-Value bucket ``TELEGRAM_OWNERS``, kept valid by the worker's
+lease: :mod:`telegram_gateway.ownership`) polls. Ownership is checked before every getUpdates
+(which is also what confirms the previous batch), so an owner whose lease may have run out (NATS
+gone, the worker stalled) neither polls nor confirms; the next owner gets the unconfirmed
+updates again.
 
 **Health across workers and hosts.** ``/healthz`` may be answered by any worker, so the owner's
-state (:class:`PollerRecord`) is the value of its lease, written with every renewal and at once
-on every change, and every worker judges the record its watch last saw with :func:`evaluate`.
+state (:class:`PollerRecord`) is the value of the bot's claim, written at once on every change
+of state and every few seconds while only its progress changes; every worker judges the record
+its watch last saw with :func:`evaluate`, as old as the owner's lease was last seen renewed.
 A 409 Conflict (another poller or a webhook), a failing getUpdates, a batch waiting for NATS,
 no successful getUpdates for ``poller_stall_after`` and a missing or stale record are failures;
 each is logged once when it starts and once when it ends, not per attempt.
@@ -78,7 +80,7 @@ STOPPED = "stopped"  # the owner let go (worker exit, handing over)
 
 @dataclass
 class PollerRecord:
-    """An owner's state, the value of its lease (wall-clock times)."""
+    """An owner's state, the value of the bot's claim (wall-clock times)."""
 
     bot_id: int
     pid: int
@@ -110,7 +112,7 @@ def evaluate(record: PollerRecord | None, now: float, stall_after: float, label:
     who = f"bot {label}: " if label else ""
     where = f"worker {record.worker or record.pid}" if record else ""
     if record is None:
-        return Check(False, f"{who}no worker polls yet (no worker owns the bot's lease)")
+        return Check(False, f"{who}no worker polls yet (no worker claims the bot)")
     age = now - record.updated
     if age > STALE_AFTER:
         return Check(False, f"{who}no live poller: last record {age:.0f} s ago from {where}")
@@ -205,6 +207,7 @@ class Poller:
         self._failing_logged = 0.0
         self._webhook_checked = False
         self._polled_once = False
+        self._reported = 0.0  # when the record was last handed to the ownership to write
 
     def __repr__(self) -> str:
         return f"Poller(bot={self.label}, pid={self.pid}, state={self.record.state})"
@@ -272,8 +275,10 @@ class Poller:
         return record
 
     def snapshot(self) -> dict[str, Any]:
-        """The record written with the lease (called by the ownership's renewals)."""
-        return dict(vars(self._current()))  # (dataclasses.asdict copies deeply: slower)
+        """The record written with the bot's claim (called when the ownership writes it)."""
+        record = self._current()
+        self._reported = record.updated
+        return dict(vars(record))  # (dataclasses.asdict copies deeply: slower)
 
     def _set(self, state: str, reason: str = "") -> None:
         changed = state != self.record.state or reason != self.record.reason
@@ -382,6 +387,8 @@ class Poller:
             self.record.last_ok = self.clock()
             if self.record.state != POLLING:
                 self._set(POLLING)
+            elif self.record.last_ok - self._reported >= self.ownership.refresh:
+                self.ownership.changed(self.bot.bot_id)  # progress: written every few seconds
             if not updates:
                 continue
             batch = self._take(updates)

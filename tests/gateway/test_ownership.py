@@ -179,3 +179,29 @@ def test_a_lease_that_cannot_be_renewed_runs_out_for_its_owner(server, tmp_path)
         assert worker.bus.bucket_ready(OWNERS_BUCKET)
     finally:
         worker.stop()
+
+
+def test_a_stalled_owner_loses_its_bots_and_rejoins_as_a_new_worker(server, tmp_path):
+    """The owner's NATS loop is blocked past its lease (what SIGSTOP does to a worker): the
+    other worker takes its bots, the stalled one never counts them as its own meanwhile, and
+    once it runs again its renewal fails, it drops them and gets its share back as a newcomer.
+    """
+    workers = [Worker(server, tmp_path, f"w{n}").start() for n in range(2)]
+    stalled, other = workers
+    try:
+        wait_until(lambda: [len(w.owned()) for w in workers] == [2, 2], 15, "two each")
+        taken = stalled.owned()
+        stalled.bus.call_soon(lambda: time.sleep(5))  # blocks its loop: no renewal, no watch
+        overlaps = 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not taken <= other.owned():
+            overlaps += not exclusive(workers)
+            time.sleep(0.01)
+        assert taken <= other.owned(), "the other worker took the stalled worker's bots"
+        assert stalled.owned() == set()
+        wait_until(lambda: [len(w.owned()) for w in workers] == [2, 2], 30, "two each again")
+        assert overlaps == 0
+        assert exclusive(workers)
+    finally:
+        for worker in workers:
+            worker.stop()
