@@ -402,6 +402,8 @@ class Bus:
     async def kv_get_async(self, bucket: str, key: str) -> Entry | None:
         try:
             entry = await self._bucket(bucket).get(key)
+            if not entry.value and entry.revision == await self._expiry_marker(bucket, key):
+                return None  # nats-py returns the server's expiry marker as an empty value
         except nats.js.errors.KeyNotFoundError:
             return None
         except (nats.errors.Error, nats.js.errors.Error) as exc:

@@ -93,3 +93,44 @@ def test_outage_raises_bus_unavailable_then_reconnects(bus: Bus, server: NatsSer
     server.start()
     wait_until(lambda: bus.connected and bus.status()["stream_ready"], 15, "bus reconnects")
     assert all(isinstance(r, Ack) for r in bus.publish_each(messages(3)))
+
+
+def test_a_key_with_its_own_ttl_expires_and_reads_as_absent(server: NatsServer, tmp_path: Path):
+    """Per-key TTL (the workers' leases): the key goes that long after its last write, is
+    absent to a read even while the server's expiry marker stands, cannot be updated at its
+    old revision, and can be created again."""
+    from nats.js.api import KeyValueConfig, StorageType
+
+    from telegram_gateway.errors import RevisionMismatch
+
+    settings = load_settings(
+        {
+            "TELEGRAM_BOT_TOKENS": fake_token(1),
+            "GATEWAY_API_TOKEN": "b" * 20,
+            "NATS_URL": server.url,
+            "GATEWAY_STATE_DIR": str(tmp_path),
+        }
+    )
+    the_bus = Bus(settings)
+    the_bus.declare_bucket(
+        KeyValueConfig(bucket="TTL_TEST", history=1, storage=StorageType.FILE, limit_marker_ttl=1)
+    )
+    the_bus.start()
+    try:
+        wait_until(lambda: the_bus.bucket_ready("TTL_TEST"), 10, "bucket ready")
+        first = the_bus.run(the_bus.kv_create_async("TTL_TEST", "lease", b"x", ttl=1), 5)
+        kept = the_bus.run(the_bus.kv_update_async("TTL_TEST", "lease", b"y", first, ttl=1), 5)
+        the_bus.kv_create("TTL_TEST", "claim", b"no ttl")
+        assert the_bus.kv_get("TTL_TEST", "lease") is not None
+
+        def marker() -> int | None:
+            return the_bus.run(the_bus._expiry_marker("TTL_TEST", "lease"), 5)
+
+        wait_until(lambda: marker() is not None, 5, "the server's expiry marker")
+        assert the_bus.kv_get("TTL_TEST", "lease") is None  # the marker is no value
+        assert the_bus.kv_get("TTL_TEST", "claim") is not None  # no TTL: it stays
+        with pytest.raises(RevisionMismatch):
+            the_bus.run(the_bus.kv_update_async("TTL_TEST", "lease", b"z", kept, ttl=1), 5)
+        assert the_bus.run(the_bus.kv_create_async("TTL_TEST", "lease", b"new", ttl=1), 5) > kept
+    finally:
+        the_bus.stop()

@@ -129,6 +129,8 @@ class FakeLeases:
         self.reporters: dict[str, Any] = {}
         self.revoked: set[str] = set()
         self.lock = threading.Lock()
+        self.refresh = 5.0  # what Ownership.refresh is: progress written this often at most
+        self.changes: list[float] = []  # when a poller asked for its record to be written
 
     def view(self) -> FakeLeaseView:
         return FakeLeaseView(self, next(self.names))
@@ -157,8 +159,14 @@ class FakeLeaseView:
             time.sleep(min(timeout, 0.02))
         return self.holds(bot_id)
 
+    @property
+    def refresh(self) -> float:
+        return self.leases.refresh
+
     def changed(self, bot_id: int) -> None:
-        pass
+        """Written at once (the real one writes within POKE_SPACING): takes the snapshot."""
+        self.leases.changes.append(time.monotonic())
+        self.leases.reporters[self.name]()
 
     def wake(self, bot_id: int) -> None:
         pass
@@ -374,3 +382,21 @@ def test_evaluate_names_each_failure():
     assert "12 update(s) wait for JetStream" in evaluate(waiting, now, 60).reason
     record = PollerRecord(state=POLLING, **base)
     assert PollerRecord.from_json(record.to_json()) == record
+
+
+def test_progress_alone_is_written_every_refresh_interval_not_every_poll(make):
+    """The record (what other workers read for /healthz) is written when the state changes
+    and, while only the last getUpdates moves on, once per refresh interval: with many idle
+    bots, a write per long poll would be most of the gateway's idle work."""
+    poller, api, _bus = make()
+    poller.leases.refresh = 1000.0  # type: ignore[attr-defined]
+    poller.start()
+    wait_until(lambda: poller.record.state == "polling", 5, "polling")
+    time.sleep(0.3)
+    polls = len(api.offsets)
+    quiet = len(poller.leases.changes)  # type: ignore[attr-defined]
+    assert polls > 10 and quiet <= 3  # the state changes only (starting, polling)
+    poller.leases.refresh = 0.05  # type: ignore[attr-defined]
+    time.sleep(0.5)
+    written = len(poller.leases.changes) - quiet  # type: ignore[attr-defined]
+    assert 3 <= written <= 0.5 / 0.05 + 2
