@@ -28,6 +28,17 @@ and a message to a chat checks the chat's calendar again as it leaves: an earlie
 that chat that left late moved its entry closer, and the later one moves to keep its
 distance (``_chat_ready``).
 
+The calendar is a plan made before sending; it cannot know when a request will *arrive*.
+So every call also *departs* through a gate that only knows facts: Telegram cannot have
+received a call later than its answer came back, nor earlier than it left. A call may leave
+only once the call 30 messages before it (bot-wide), the previous one to the same private chat,
+or the one 20 messages before it to the same group was answered at least the window's length
+ago (``depart`` and ``answered``). Then, whatever the delays between the gateway and the Bot
+API, no window can hold more than Telegram allows. On an idle host the calendar's margins keep
+the gate open; on a starved one (a late answer, a queue at the server) the gate holds the next
+calls back by exactly the delay. A call whose answer never comes counts as answered after
+``answer_within`` seconds (the gateway's own timeout for it).
+
 Slots are handed out in the order reservations arrive, and a chat's new slot is always later
 than its previous ones, so messages to one chat leave in the order they were accepted; a long
 text reserves consecutive slots for all its parts at once. When the earliest slot is more than
@@ -71,6 +82,25 @@ GROUP_WINDOW = 61.0  # Telegram says "per minute"; one second of margin for netw
 KEEP_PAST = 1.0  # seconds of bot-wide history kept (only the last 1/BOT_RATE matters)
 FUTURE_SLACK = 600.0  # entries further ahead than max_wait + this are a clock jump: dropped
 LATE_TOLERANCE = 0.015  # a send this much behind its slot re-checks the bot-wide spacing
+# the gate: a call leaves this long after the answer that bounds it, at least (Telegram's
+# windows are exact: one second is not less than one second)
+GATE_EPSILON = 0.001
+GATE_POLL = 0.005  # seconds between looks at a call still in flight that the gate waits for
+BOT_LIMIT = 30  # messages per second per bot (Telegram's window, for the gate)
+PRIVATE_WINDOW = 1.0  # seconds per message to one private chat (Telegram's, for the gate)
+GROUP_WINDOW_EXACT = 60.0  # seconds of Telegram's group window (for the gate)
+
+
+@dataclass
+class Departure:
+    """A call that left for the Bot API with ``count`` messages: it counts in Telegram's
+    windows from its arrival, some time between ``left`` and ``done`` (when its answer came
+    back; None while in flight)."""
+
+    left: float
+    count: int = 1
+    done: float | None = None
+    remote: tuple[int, str] | None = None  # (bot, the owner's id for it): another worker paces
 
 
 @dataclass(frozen=True)
@@ -108,9 +138,11 @@ class Pacer:
         enabled: bool = True,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        answer_within: float = 60.0,
     ) -> None:
         self.max_wait = max_wait
         self.enabled = enabled
+        self.answer_within = answer_within  # a call unanswered for this long counts as answered
         self.clock = clock
         self.sleep = sleep
         self._states: dict[int, dict[str, Any]] = {}
@@ -210,6 +242,48 @@ class Pacer:
         )
         return moved
 
+    def depart(self, bot_id: int, chat: Chat | None, count: int = 1) -> Departure:
+        """Wait until the gate lets a call with ``count`` messages of ``bot_id`` to ``chat``
+        (None: bot-wide only) leave, and count it as gone from now; :meth:`answered` when its
+        answer is back (see the module docstring)."""
+        if not self.enabled:
+            return Departure(self.clock(), count)
+        while True:
+            with self._locked(bot_id) as state:
+                now = self.clock()
+                wait = self._gate(state, chat, count, now)
+                if wait <= 0:
+                    departure = Departure(now, count)
+                    gone: list[Departure] = state["d"]
+                    gone.append(departure)
+                    del gone[:-BOT_LIMIT]  # each holds a message at least: 30 are enough
+                    if chat is not None:
+                        log = state["dc"].setdefault(chat.key, [])
+                        log.append(departure)
+                        del log[: -(1 if chat.private else GROUP_LIMIT)]
+                    return departure
+            if wait > GATE_POLL:
+                logger.debug("bot %s: the gate holds a call back for %.0f ms", bot_id, wait * 1e3)
+            self.sleep(wait)
+
+    def answered(self, departure: Departure) -> None:
+        """The call's answer is back (or it failed): it arrived by now, if at all."""
+        if departure.done is None:
+            departure.done = self.clock()
+
+    def _gate(self, state: dict[str, Any], chat: Chat | None, count: int, now: float) -> float:
+        """Seconds until a call with ``count`` messages may leave (<= 0: now)."""
+        within = self.answer_within
+        waits = [_bound(state["d"], BOT_LIMIT + 1 - count, 1.0, now, within)]
+        log: list[Departure] | None = state["dc"].get(chat.key) if chat is not None else None
+        if chat is not None and log:
+            if chat.private:
+                last = log[-1]
+                waits.append(_after(last, PRIVATE_WINDOW * last.count, now, within))
+            else:
+                waits.append(_bound(log, GROUP_LIMIT + 1 - count, GROUP_WINDOW_EXACT, now, within))
+        return max(waits)
+
     def forget(self, bot_id: int) -> None:
         """Drop a bot's calendar (this worker no longer owns the bot)."""
         with self._local:
@@ -250,6 +324,12 @@ class Pacer:
         end = bisect.bisect_right(bot_wide, horizon)
         if start or end < len(bot_wide):
             state["g"] = bot_wide[start:end]
+        logs: dict[str, list[Departure]] = state["dc"]
+        for key, log in list(logs.items()):
+            last = log[-1]
+            window = PRIVATE_WINDOW * last.count if not key.startswith(("-", "@")) else GROUP_WINDOW
+            if last.done is not None and last.done < now - window - 1.0:
+                del logs[key]  # answered long enough ago: it bounds nothing any more
         chats: dict[str, list[float]] = state["c"]
         for key, times in list(chats.items()):
             keep = PRIVATE_INTERVAL if not key.startswith(("-", "@")) else GROUP_WINDOW
@@ -268,8 +348,32 @@ class Pacer:
         with self._local:
             state = self._states.get(bot_id)
             if state is None:
-                state = self._states[bot_id] = {"g": [], "c": {}}
+                # g: the bot's booked slots, c: each chat's; d: the bot's last departures,
+                # dc: each chat's (the gate's facts)
+                state = self._states[bot_id] = {"g": [], "c": {}, "d": [], "dc": {}}
             yield state
+
+
+def _bound(log: list[Departure], position: int, window: float, now: float, within: float) -> float:
+    """Seconds until the departure holding the ``position``-th most recent message of ``log``
+    was answered ``window`` ago (<= 0: already; fewer messages than that: no bound)."""
+    seen = 0
+    for departure in reversed(log):
+        seen += departure.count
+        if seen >= position:
+            return _after(departure, window, now, within)
+    return -1.0
+
+
+def _after(departure: Departure, window: float, now: float, within: float) -> float:
+    """Seconds until ``window`` has passed since ``departure`` was answered (a call still in
+    flight: look again shortly, or, unanswered for ``within`` seconds, count it answered)."""
+    done = departure.done
+    if done is None:
+        if now - departure.left < within:
+            return GATE_POLL
+        done = departure.left + within
+    return done + window + GATE_EPSILON - now
 
 
 def _chat_ready(chat: Chat, times: list[float], slot: float, now: float) -> float:

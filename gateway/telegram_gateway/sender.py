@@ -44,7 +44,7 @@ from telegram_gateway.errors import (
 )
 from telegram_gateway.health import Check
 from telegram_gateway.outbound import Upload
-from telegram_gateway.pacing import PRIVATE_INTERVAL, Chat, Pacer
+from telegram_gateway.pacing import PRIVATE_INTERVAL, Chat, Departure, Pacer
 from telegram_gateway.redact import redact
 from telegram_gateway.replies import ReplyGuard
 
@@ -140,7 +140,9 @@ class Sender:
     ) -> None:
         self.settings = settings
         self.api = api
-        self.pacer = pacer or Pacer(settings.send_max_wait, settings.send_pacing)
+        self.pacer = pacer or Pacer(
+            settings.send_max_wait, settings.send_pacing, answer_within=settings.send_timeout
+        )
         self.owner_sends = owner_sends
         if owner_sends is not None:
             owner_sends.sender = self
@@ -271,6 +273,13 @@ class Sender:
                 metrics.SEND_WAIT.labels(label).observe(max(0.0, slot - started))
             if upload is not None:
                 upload.stream.seek(0)
+            departure: Departure | None = None
+            if method in _PACED:
+                try:  # the gate: the facts of earlier calls' answers (see pacing)
+                    departure = self.pacer.depart(bot.bot_id, chat, _count(method, params))
+                except PacingUnavailable as exc:
+                    metrics.SENDS.labels(label, method, _refusal(exc)).inc()
+                    return reply, exc
             began = time.perf_counter()
             try:
                 reply = self.api.post(bot.token, method, params, upload, self.settings.send_timeout)
@@ -280,6 +289,8 @@ class Sender:
                 logger.warning("bot %s: %s", bot.label, redact(str(exc)))
                 return None, exc
             finally:
+                if departure is not None:
+                    self.pacer.answered(departure)
                 metrics.SEND_SECONDS.labels(method).observe(time.perf_counter() - began)
             reply = self.guard.clean(bot, method, reply)
             envelope = reply.envelope

@@ -72,7 +72,9 @@ class Gateway:
             settings,
             self.bus,
             self.ownership,
-            Pacer(settings.send_max_wait, settings.send_pacing),
+            Pacer(
+                settings.send_max_wait, settings.send_pacing, answer_within=settings.send_timeout
+            ),
         )
         self.add(self.slots)
         self.owner_sends = OwnerSends(settings, self.bus, self.ownership)

@@ -2,7 +2,7 @@
 
 A ``POST /send`` or a ``telegram.out.<bot>.<method>`` request may arrive at any worker (of any
 host), but only the bot's owner (:mod:`telegram_gateway.ownership`) keeps the bot's calendar
-(:class:`telegram_gateway.pacing.Pacer`, in its memory). :class:`Slots` has the Pacer's three
+(:class:`telegram_gateway.pacing.Pacer`, in its memory). :class:`Slots` has the Pacer's
 calls and routes each:
 
 * this worker owns the bot: its own Pacer, no NATS round trip;
@@ -12,6 +12,9 @@ calls and routes each:
   re-checks the chat's calendar, as for its own sends), and the asking worker calls the Bot API
   right away. The message itself never crosses NATS, so a 2,000 MB upload is sent by the worker
   that received it, and paced by the owner all the same;
+* the gate (``depart`` and ``answered``) is the owner's as well: ``depart`` is answered when
+  the call may leave, with an id, and ``answered`` tells the owner the call's answer is back (if
+  that message is lost, the owner counts the call answered after ``answer_within``);
 * nobody owns the bot right now (a takeover is under way): wait for an owner up to the lease
   time, then give up.
 
@@ -23,6 +26,7 @@ Idempotency-Key is released so that the retry really sends.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -33,7 +37,7 @@ from telegram_gateway.config import Settings
 from telegram_gateway.errors import BusUnavailable, PacingUnavailable, RateLimited
 from telegram_gateway.health import Check
 from telegram_gateway.ownership import Ownership
-from telegram_gateway.pacing import Chat, Pacer
+from telegram_gateway.pacing import Chat, Departure, Pacer
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +56,8 @@ class Slots:
         self.pacer = pacer
         self.max_wait = pacer.max_wait
         self.subject = f"{SUBJECT_PREFIX}.{ownership.name}"
+        self._ids = itertools.count(1)
+        self._remote: dict[str, Departure] = {}  # other workers' calls in flight, by id
 
     # ---- component protocol ----------------------------------------------------------------
     def start(self) -> None:
@@ -99,6 +105,25 @@ class Slots:
             return self.pacer.wait_turn(bot_id, chat, slot)
         return float(answer["slot"])
 
+    def depart(self, bot_id: int, chat: Chat | None, count: int = 1) -> Departure:
+        timeout = self.pacer.answer_within + ASK_TIMEOUT
+        question = {"op": "depart", "chat": _chat(chat), "count": count}
+        answer = self._ask(bot_id, question, timeout)
+        if answer is None:
+            return self.pacer.depart(bot_id, chat, count)
+        return Departure(time.time(), count, remote=(bot_id, str(answer["departure"])))
+
+    def answered(self, departure: Departure) -> None:
+        if departure.remote is None:
+            self.pacer.answered(departure)
+            return
+        departure.done = time.time()
+        bot_id, key = departure.remote
+        try:
+            self._ask(bot_id, {"op": "answered", "departure": key}, ASK_TIMEOUT)
+        except PacingUnavailable as exc:  # the owner counts it answered after answer_within
+            logger.debug("could not report an answered call to the owner: %s", exc)
+
     # ---- asking the owner ------------------------------------------------------------------
     def _ask(self, bot_id: int, question: dict[str, Any], timeout: float) -> dict[str, Any] | None:
         """The owner's answer; None when this worker owns the bot (use the local Pacer), or
@@ -143,6 +168,22 @@ class Slots:
             answer = {"ok": True}
         elif op == "turn":
             answer = {"slot": self.pacer.wait_turn(bot_id, chat, float(question["slot"]))}
+        elif op == "depart":
+            departure = self.pacer.depart(bot_id, chat, int(question.get("count") or 1))
+            key = str(next(self._ids))
+            self._remote[key] = departure
+            stale = time.time() - self.pacer.answer_within  # counted as answered by now
+            while self._remote:
+                oldest = next(iter(self._remote))
+                if self._remote[oldest].left >= stale:
+                    break
+                del self._remote[oldest]
+            answer = {"departure": key}
+        elif op == "answered":
+            gone = self._remote.pop(str(question.get("departure")), None)
+            if gone is not None:
+                self.pacer.answered(gone)
+            answer = {"ok": gone is not None}
         else:
             answer = {"error": f"unknown op {op!r}"}
         return json.dumps(answer).encode()

@@ -243,3 +243,106 @@ def test_a_group_message_keeps_the_window_when_earlier_ones_left_late(tmp_path):
     first = p.wait_turn(1, group, slots[0])
     left = [first] + [p.wait_turn(1, group, slot) for slot in slots[1:]]
     assert left[GROUP_LIMIT] >= first + GROUP_WINDOW - EPS
+
+
+# ---- the gate: calls leave by the facts of earlier answers -------------------------------------
+
+
+def test_the_31st_call_leaves_a_second_after_the_first_one_was_answered(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    start = clock.now
+    first_30 = [p.depart(1, None) for _ in range(30)]  # no history: all leave at once
+    assert {d.left for d in first_30} == {start}
+    clock.now += 0.2  # a slow server: every answer is back 200 ms later
+    for departure in first_30:
+        p.answered(departure)
+    the_31st = p.depart(1, None)
+    # it may have arrived right after the first 30 were answered: one second later at least
+    assert the_31st.left >= first_30[0].done + 1.0
+    assert the_31st.left == pytest.approx(start + 1.2, abs=0.01)
+    assert p.depart(2, None).left == the_31st.left  # another bot is not held back
+
+
+def test_a_call_in_flight_holds_the_gate_until_its_answer_or_the_timeout(tmp_path):
+    clock = FakeClock()
+    p = Pacer(1000, clock=clock, sleep=clock.sleep, answer_within=5.0)
+    start = clock.now
+    for _ in range(30):
+        p.depart(1, None)  # never answered (the answer was lost)
+    late = p.depart(1, None)
+    assert late.left == pytest.approx(start + 5.0 + 1.0, abs=0.01)
+
+
+def test_an_album_counts_each_item_at_the_gate(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    start = clock.now
+    for _ in range(21):
+        p.answered(p.depart(1, None))
+    album = p.depart(1, None, count=10)  # 31 messages in one second: not before the first + 1 s
+    assert album.left >= start + 1.0
+
+
+def test_the_gate_keeps_a_private_chat_and_a_group_to_their_windows(tmp_path):
+    clock = FakeClock()
+    p = pacer(tmp_path, clock)
+    user = Chat.of(5)
+    first = p.depart(1, user)
+    clock.now += 0.3
+    p.answered(first)
+    other_user = p.depart(1, Chat.of(6))
+    assert other_user.left == clock.now  # only that chat waits
+    p.answered(other_user)
+    second = p.depart(1, user)
+    assert second.left >= first.done + 1.0
+    group = Chat.of(-100123)
+    sent = []
+    for _ in range(20):
+        departure = p.depart(1, group)
+        clock.now += 0.05
+        p.answered(departure)
+        sent.append(departure)
+    the_21st = p.depart(1, group)
+    assert the_21st.left >= sent[0].done + 60.0
+
+
+def test_with_any_delays_no_window_holds_more_than_telegram_allows():
+    """A simulated server: each call arrives at a random moment between leaving and its
+    answer (latencies up to 400 ms, as on a starved host). Whatever the moments, the gate
+    alone keeps 30 per second per bot, 1 per second per private chat, 20 per minute per group.
+    """
+    rng = random.Random(11)
+    clock = FakeClock()
+    p = pacer(Path("."), clock)
+    chats = [Chat.of(7), Chat.of(8), Chat.of(-1009), None]
+    arrivals: dict[Chat | None, list[float]] = defaultdict(list)
+    everything: list[float] = []
+    for _ in range(1500):
+        chat = rng.choice(chats)
+        departure = p.depart(1, chat)
+        departure.done = departure.left + rng.uniform(0.0, 0.4)  # its answer, known ahead
+        arrival = rng.uniform(departure.left, departure.done)
+        arrivals[chat].append(arrival)
+        everything.append(arrival)
+        clock.now += rng.uniform(0.0, 0.01)
+
+    def most_in_a_window(times: list[float], window: float) -> int:
+        ordered = sorted(times)
+        return max(
+            sum(1 for t in ordered[i:] if t - start < window) for i, start in enumerate(ordered)
+        )
+
+    assert most_in_a_window(everything, 1.0) <= 30
+    assert most_in_a_window(arrivals[Chat.of(7)], 1.0) <= 1
+    assert most_in_a_window(arrivals[Chat.of(8)], 1.0) <= 1
+    assert most_in_a_window(arrivals[Chat.of(-1009)], 60.0) <= 20
+
+
+def test_disabled_pacing_has_no_gate(tmp_path):
+    clock = FakeClock()
+    p = Pacer(0, enabled=False, clock=clock, sleep=clock.sleep)
+    start = clock.now
+    for _ in range(100):
+        p.depart(1, Chat.of(5))
+    assert clock.now == start

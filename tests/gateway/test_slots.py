@@ -129,3 +129,19 @@ def test_with_pacing_off_nothing_is_asked_of_anyone(pair, server):
     server.stop()
     wait_until(lambda: not other.bus.connected, 10, "disconnected")
     assert len(unpaced.reserve(bot, Chat.of(559), 3)) == 3  # no owner, no NATS: no matter
+
+
+def test_the_gate_is_the_owners_for_calls_made_by_another_worker(pair):
+    """An upload sent by a worker that does not own the bot departs through the owner's gate
+    and tells it when its answer is back: the owner's own 31st call waits for that answer."""
+    bot = BOTS[0]
+    owner, other = owner_and_other(pair, bot)
+    remote = [other.slots.depart(bot, None) for _ in range(30)]
+    assert all(d.remote is not None for d in remote)
+    time.sleep(0.3)  # the 30 calls are in flight
+    answering = time.time()
+    for departure in remote:
+        other.slots.answered(departure)
+    held = owner.slots.depart(bot, None)  # the owner's own call
+    assert held.left >= answering + 1.0  # a second after the first answer, at least
+    assert not owner.slots._remote  # every remote call was reported answered
