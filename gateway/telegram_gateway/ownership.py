@@ -162,6 +162,8 @@ class Ownership:
         self._worker_revision = 0
         self._deadline = 0.0  # monotonic: this worker may use its bots until then
         self._letting_go: dict[int, int] = {}  # claims being deleted: their revision
+        self._workers: dict[str, Seen] = {}  # the workers.* keys as seen
+        self._named_me: set[int] = set()  # bots whose claim names this worker, as seen
         self._alive_at: dict[str, float] = {}  # when each worker's lease was last seen written
         self._dirty: set[int] = set()  # owned bots whose record changed since the last write
         self.refresh = min(RECORD_REFRESH, settings.poller_stall_after / 4)
@@ -304,11 +306,9 @@ class Ownership:
     def live_workers(self) -> list[str]:
         now = self.clock()
         names = {
-            key.split(".", 1)[1]
-            for key, seen in self.seen.items()
-            if key.startswith("workers.")
-            and seen.value is not None
-            and now - seen.at < self.ttl + self.interval
+            name
+            for name, seen in self._workers.items()
+            if seen.value is not None and now - seen.at < self.ttl + self.interval
         }
         names.add(self.name)
         return sorted(names)
@@ -338,9 +338,15 @@ class Ownership:
     # ---- on the NATS loop ----------------------------------------------------------------
     def _on_entry(self, entry: Entry) -> None:
         now = self.clock()
-        self.seen[entry.key] = Seen(now, entry.value, entry.revision)
-        if entry.value is not None and entry.key.startswith("workers."):
-            self._alive_at[entry.key.split(".", 1)[1]] = now
+        seen = self.seen[entry.key] = Seen(now, entry.value, entry.revision)
+        kind, _, name = entry.key.partition(".")
+        if kind == "workers":
+            self._workers[name] = seen
+            if entry.value is not None:
+                self._alive_at[name] = now
+        elif kind == "bots" and name.isdigit():
+            mine = entry.value is not None and (seen.record() or {}).get("worker") == self.name
+            (self._named_me.add if mine else self._named_me.discard)(int(name))
         if entry.value is None:
             self._poke()  # a bot is free, or a worker gone (a larger share): act now
 
@@ -489,11 +495,9 @@ class Ownership:
         deleted once it has none, so that they do not keep other workers away."""
         if self.share() > len(self.leases):
             return
-        for bot_id in self.bots:
-            if bot_id in self.leases or bot_id in self._letting_go:
-                continue
+        for bot_id in self._named_me.difference(self.leases, self._letting_go):
             seen = self.seen.get(bot_key(bot_id))
-            if seen is not None and (seen.record() or {}).get("worker") == self.name:
+            if seen is not None and bot_id in self._changed:  # one of this worker's bots
                 self._let_go(bot_id, seen.revision)
 
     async def _gone(self, worker: str, known: dict[str, bool]) -> bool:
@@ -558,6 +562,8 @@ class Ownership:
         as many as they lack, all at once (each poller lets go after its current getUpdates,
         so a round takes at most one long poll)."""
         share = self.share()
+        if len(self.leases) <= share:
+            return  # (every round: nothing to walk through when there is nothing to shed)
         keeping = [bot for bot, lease in self.leases.items() if not lease.releasing]
         excess = len(keeping) - share
         if excess <= 0:

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STALE_AFTER = 10.0  # a record older than this has no live owner behind it
-STANDBY_CHECK = 30.0  # a standby is woken when it owns the bot; this only bounds the wait
+STANDBY_CHECK = 120.0  # a standby is woken when it owns the bot; this only bounds the wait
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 NATS_RETRY_FIRST = 0.2
@@ -208,6 +208,8 @@ class Poller:
         self._webhook_checked = False
         self._polled_once = False
         self._reported = 0.0  # when the record was last handed to the ownership to write
+        self._lag_shown = False  # the lag gauge shows a value other than 0
+        self._parsed: tuple[dict[str, Any], PollerRecord] | None = None  # the owner's, parsed
 
     def __repr__(self) -> str:
         return f"Poller(bot={self.label}, pid={self.pid}, state={self.record.state})"
@@ -257,10 +259,15 @@ class Poller:
         data, age = self.ownership.record(self.bot.bot_id)
         if data is None:
             return None
-        try:
-            record = PollerRecord.from_dict(data)
-        except (TypeError, ValueError):
-            return None
+        parsed = self._parsed
+        if parsed is not None and parsed[0] is data:
+            record = parsed[1]  # the same entry as last time (each is parsed once)
+        else:
+            try:
+                record = PollerRecord.from_dict(data)
+            except (TypeError, ValueError):
+                return None
+            self._parsed = (data, record)
         record.updated = self.clock() - age
         return record
 
@@ -270,8 +277,10 @@ class Poller:
         batch = self._batch
         record.unconfirmed = len(batch.items) if batch else 0
         record.oldest_unconfirmed = batch.received if batch else None
-        lag = record.updated - batch.received if batch else 0.0
-        metrics.POLLER_LAG.labels(self._bot).set(max(lag, 0.0))
+        lag = max(record.updated - batch.received, 0.0) if batch else 0.0
+        if lag or self._lag_shown:  # (a thousand idle bots: no metric write per /healthz)
+            metrics.POLLER_LAG.labels(self._bot).set(lag)
+            self._lag_shown = bool(lag)
         return record
 
     def snapshot(self) -> dict[str, Any]:
@@ -293,8 +302,8 @@ class Poller:
         bot_id = self.bot.bot_id
         while not self._stop.is_set():
             if not self.ownership.wait(bot_id, STANDBY_CHECK):
-                if not announced:
-                    logger.info(
+                if not announced:  # (debug: a thousand bots would log a thousand lines)
+                    logger.debug(
                         "bot %s: another worker polls; this one (%s) stands by",
                         self.label,
                         self.ownership.name,
