@@ -2,8 +2,8 @@
 
     .venv/bin/python tests/benchmarks/many_bots_bench.py [--bots 1000] [--busy 5] [--workers 2]
 
-1. Start nats-server, the emulator with N bots and the gateway (default settings but the
-   poll timeout, which stays at its default of 25 s as in production).
+1. Start nats-server, the emulator with N bots and the gateway (default settings; the poll
+   timeout is the default 25 s unless ``--poll-timeout`` says otherwise).
 2. Every bot polled: one update injected for every bot; each must reach JetStream. The time
    from the injection to its arrival on ``telegram.in.<bot>.>`` (a core subscription sees a
    JetStream message when the stream stores it) gives the latency figures (target: every
@@ -119,11 +119,17 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=10.0, help="updates/s per busy bot")
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of each phase")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--poll-timeout", type=int, default=25, help="GATEWAY_POLL_TIMEOUT (default 25, max 50)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="many-bots-bench-"))
     bots = [FIRST_BOT + i for i in range(args.bots)]
-    settings = {"GATEWAY_HEALTH_PROBE_INTERVAL": "5", "GATEWAY_POLL_TIMEOUT": "25"}
+    settings = {
+        "GATEWAY_HEALTH_PROBE_INTERVAL": "5",
+        "GATEWAY_POLL_TIMEOUT": str(args.poll_timeout),
+    }
     try:
         with Stack(root, bots, gateway=False, env=settings, emulator_verbosity=1) as stack:
             return run(stack, bots, args)
