@@ -196,8 +196,7 @@ class Ownership:
         polling: a thousand bots cost nothing while another worker owns them."""
         event = self._changed[bot_id]
         if not self.keeps(bot_id):
-            self._hand_over_unused(bot_id)
-            event.wait(timeout)
+            event.wait(timeout)  # (a lease marked for handing over has set the event)
             event.clear()
         self._hand_over_unused(bot_id)
         return self.keeps(bot_id)
@@ -300,7 +299,7 @@ class Ownership:
 
     def alive(self, name: str) -> bool:
         """Whether the worker's lease exists, as this worker's watch last saw it."""
-        seen = self.seen.get(worker_key(name))
+        seen = self._workers.get(name)
         return seen is not None and seen.value is not None
 
     def live_workers(self) -> list[str]:

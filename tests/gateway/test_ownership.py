@@ -113,27 +113,13 @@ def test_two_workers_split_the_bots_and_never_share_one(server, tmp_path):
             worker.stop()
 
 
-def test_a_worker_joining_later_gets_its_share_handed_over(server, tmp_path):
-    first = Worker(server, tmp_path, "early").start()
-    second = None
-    try:
-        wait_until(lambda: len(first.owned()) == 4, 15, "the only worker owns all bots")
-        second = Worker(server, tmp_path, "late").start()
-        wait_until(
-            lambda: len(first.owned()) == 2 and len(second.owned()) == 2, 20, "two bots each"
-        )
-        assert exclusive([first, second])
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
-
-
-def test_a_bot_handed_over_before_its_poller_started_is_let_go(server, tmp_path):
-    """A worker takes bots and, in the same round, is asked to hand some over (another worker
-    appeared): its pollers had not started on them yet, so only their standby wait can let
-    them go. CI once saw such a lease renewed for ever and the bot polled by nobody."""
-    first = Worker(server, tmp_path, "early", polls=False).start()
+@pytest.mark.parametrize("polls", [True, False], ids=["polling", "never-started-pollers"])
+def test_a_worker_joining_later_gets_its_share_handed_over(server, tmp_path, polls):
+    """With ``polls=False`` the first worker's pollers never start on their bots: it takes them
+    and, in the same round, is asked to hand some over (another worker appeared), so only
+    their standby wait can let them go. CI once saw such a lease renewed for ever and the bot
+    polled by nobody."""
+    first = Worker(server, tmp_path, "early", polls=polls).start()
     second = None
     try:
         wait_until(lambda: len(first.owned()) == 4, 15, "the only worker owns all bots")
