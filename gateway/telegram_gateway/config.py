@@ -24,6 +24,8 @@ from telegram_gateway.errors import ConfigError
 
 TOKEN_RE = re.compile(r"^(?P<bot_id>[0-9]{1,20}):(?P<secret>[A-Za-z0-9_-]{24,})$")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+#: seconds an idle long poll may come back late before /healthz calls its poller stalled
+STALL_SLACK = 10.0
 
 
 @dataclass(frozen=True)
@@ -342,8 +344,8 @@ SETTINGS: tuple[Setting, ...] = (
         "GATEWAY_POLL_TIMEOUT",
         "poll_timeout",
         _integer(0, 50),
-        "25",
-        "getUpdates long-poll timeout, seconds",
+        "50",
+        "getUpdates long-poll timeout, seconds (50 is the Bot API server's maximum)",
     ),
     Setting("GATEWAY_POLL_LIMIT", "poll_limit", _integer(1, 100), "100", "getUpdates batch size"),
     Setting(
@@ -371,8 +373,9 @@ SETTINGS: tuple[Setting, ...] = (
         "GATEWAY_POLLER_STALL_AFTER",
         "poller_stall_after",
         _number(1, 3600),
-        "60",
-        "seconds without a successful getUpdates before /healthz calls a poller stalled",
+        "90",
+        "seconds without a successful getUpdates before /healthz calls a poller stalled "
+        f"(at least GATEWAY_POLL_TIMEOUT + {STALL_SLACK:g})",
     ),
     Setting(
         "GATEWAY_LEASE_TTL",
@@ -510,6 +513,12 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = 
         problems.append(
             "GATEWAY_FILES_BUCKET_MAX_BYTES must be at least GATEWAY_FILES_MAX_BYTES "
             f"({values['files_bucket_max_bytes']} < {values['files_max_bytes']})"
+        )
+    if not problems and values["poller_stall_after"] < values["poll_timeout"] + STALL_SLACK:
+        problems.append(
+            f"GATEWAY_POLLER_STALL_AFTER must be at least GATEWAY_POLL_TIMEOUT + {STALL_SLACK:g} "
+            f"({values['poll_timeout'] + STALL_SLACK:g}): an idle long poll returns only after "
+            "GATEWAY_POLL_TIMEOUT seconds, and /healthz would call it stalled"
         )
     if not problems and bool(values.get("nats_user")) != bool(values.get("nats_password")):
         problems.append("NATS_USER and NATS_PASSWORD must be set together")

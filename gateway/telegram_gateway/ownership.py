@@ -61,7 +61,7 @@ from typing import Any
 from nats.js.api import KeyValueConfig, StorageType
 
 from telegram_gateway.bus import Bus, Entry
-from telegram_gateway.config import Settings
+from telegram_gateway.config import STALL_SLACK, Settings
 from telegram_gateway.errors import (
     BusError,
     NoResponders,
@@ -86,6 +86,11 @@ RENEW_BATCH = 100
 #: a record whose only change is its progress (last getUpdates, offset) is written again after
 #: this long at most (or a quarter of GATEWAY_POLLER_STALL_AFTER, when that is shorter)
 RECORD_REFRESH = 5.0
+#: an idle bot's record (a long poll returned empty) is written again only when the next return
+#: could otherwise come later than GATEWAY_POLLER_STALL_AFTER after the written one, less this
+#: margin for a slow return (half the slack the settings keep between the two): with the defaults
+#: (90 s, 50 s polls) every long poll, with 90 s and 25 s polls every second one
+IDLE_MARGIN = STALL_SLACK / 2
 #: bots taken per round at most: a worker starting with hundreds of free bots takes them over a
 #: few rounds, so that their first getUpdates do not all fall into one moment and starve the
 #: renewals of the leases it already holds
@@ -104,6 +109,15 @@ def bot_key(bot_id: int) -> str:
 
 def worker_key(name: str) -> str:
     return f"workers.{name}"
+
+
+def idle_refresh(stall_after: float, poll_timeout: float) -> float:
+    """How long an idle bot's progress may go unwritten: the record's last getUpdates must stay
+    younger than ``stall_after`` until the next long poll returns (``poll_timeout`` later, or a
+    little more), or every other worker's /healthz calls the poller stalled. Never more often
+    than the busy refresh."""
+    refresh = min(RECORD_REFRESH, stall_after / 4)
+    return max(refresh, stall_after - poll_timeout - IDLE_MARGIN)
 
 
 @dataclass
@@ -167,6 +181,7 @@ class Ownership:
         self._alive_at: dict[str, float] = {}  # when each worker's lease was last seen written
         self._dirty: set[int] = set()  # owned bots whose record changed since the last write
         self.refresh = min(RECORD_REFRESH, settings.poller_stall_after / 4)
+        self.idle_refresh = idle_refresh(settings.poller_stall_after, settings.poll_timeout)
         bus.declare_bucket(
             KeyValueConfig(
                 bucket=OWNERS_BUCKET,

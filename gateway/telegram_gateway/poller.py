@@ -396,7 +396,9 @@ class Poller:
             self.record.last_ok = self.clock()
             if self.record.state != POLLING:
                 self._set(POLLING)
-            elif self.record.last_ok - self._reported >= self.ownership.refresh:
+            elif self.record.last_ok - self._reported >= (
+                self.ownership.refresh if updates else self.ownership.idle_refresh
+            ):
                 self.ownership.changed(self.bot.bot_id)  # progress: written every few seconds
             if not updates:
                 continue

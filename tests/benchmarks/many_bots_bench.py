@@ -3,7 +3,8 @@
     .venv/bin/python tests/benchmarks/many_bots_bench.py [--bots 1000] [--busy 5] [--workers 2]
 
 1. Start nats-server, the emulator with N bots and the gateway (default settings; the poll
-   timeout is the default 25 s unless ``--poll-timeout`` says otherwise).
+   timeout is the default 50 s unless ``--poll-timeout`` says otherwise: let ``--idle`` span
+   a few poll timeouts, since every bot's long poll restarts after the injected update).
 2. Every bot polled: one update injected for every bot; each must reach JetStream. The time
    from the injection to its arrival on ``telegram.in.<bot>.>`` (a core subscription sees a
    JetStream message when the stream stores it) gives the latency figures (target: every
@@ -120,7 +121,10 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of each phase")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--poll-timeout", type=int, default=25, help="GATEWAY_POLL_TIMEOUT (default 25, max 50)"
+        "--poll-timeout",
+        type=int,
+        default=50,
+        help="GATEWAY_POLL_TIMEOUT (default 50, the gateway's default and the maximum)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs)")
     args = parser.parse_args()

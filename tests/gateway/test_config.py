@@ -53,6 +53,17 @@ def test_one_error_names_every_problem_and_hides_secrets():
     assert bad_token not in text
 
 
+def test_the_stall_limit_must_leave_room_for_an_idle_long_poll():
+    """An idle getUpdates returns after GATEWAY_POLL_TIMEOUT: a stall limit below that plus
+    the slack would make /healthz call every idle poller stalled."""
+    assert load_settings(env()).poll_timeout == 50
+    assert load_settings(env()).poller_stall_after == 90
+    with pytest.raises(ConfigError, match="GATEWAY_POLLER_STALL_AFTER must be at least"):
+        load_settings(env(GATEWAY_POLLER_STALL_AFTER="55"))
+    settings = load_settings(env(GATEWAY_POLLER_STALL_AFTER="35", GATEWAY_POLL_TIMEOUT="25"))
+    assert settings.poller_stall_after == 35
+
+
 def test_duplicate_window_must_cover_retries():
     with pytest.raises(ConfigError, match="GATEWAY_STREAM_DUPLICATE_WINDOW"):
         load_settings(env(GATEWAY_STREAM_DUPLICATE_WINDOW="60"))

@@ -15,7 +15,7 @@ from harness.procs import wait_until
 from harness.tokens import fake_token
 from telegram_gateway.bus import Bus
 from telegram_gateway.config import load_settings
-from telegram_gateway.ownership import OWNERS_BUCKET, Ownership
+from telegram_gateway.ownership import IDLE_MARGIN, OWNERS_BUCKET, Ownership, idle_refresh
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +89,21 @@ class Worker:
 def exclusive(workers: list[Worker]) -> bool:
     owned = [worker.owned() for worker in workers]
     return all(a.isdisjoint(b) for i, a in enumerate(owned) for b in owned[i + 1 :])
+
+
+@pytest.mark.parametrize(
+    "stall_after,poll_timeout", [(90, 50), (60, 25), (60, 50), (60, 0), (11, 1), (300, 25)]
+)
+def test_an_idle_record_is_written_before_healthz_could_call_it_stalled(stall_after, poll_timeout):
+    """The longest a written last getUpdates can age before the next write: the idle interval,
+    then one more long poll. It must stay under the stall limit with the margin to spare."""
+    interval = idle_refresh(stall_after, poll_timeout)
+    assert interval > 0
+    assert interval <= min(5, stall_after / 4) or (
+        interval + poll_timeout + IDLE_MARGIN <= stall_after
+    )
+    if stall_after - poll_timeout - IDLE_MARGIN > 5:  # long enough to skip some polls
+        assert interval > 5
 
 
 def test_two_workers_split_the_bots_and_never_share_one(server, tmp_path):

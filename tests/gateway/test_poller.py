@@ -130,6 +130,7 @@ class FakeLeases:
         self.revoked: set[str] = set()
         self.lock = threading.Lock()
         self.refresh = 5.0  # what Ownership.refresh is: progress written this often at most
+        self.idle_refresh = 5.0  # the same for a long poll that returned nothing
         self.changes: list[float] = []  # when a poller asked for its record to be written
 
     def view(self) -> FakeLeaseView:
@@ -162,6 +163,10 @@ class FakeLeaseView:
     @property
     def refresh(self) -> float:
         return self.leases.refresh
+
+    @property
+    def idle_refresh(self) -> float:
+        return self.leases.idle_refresh
 
     def changed(self, bot_id: int) -> None:
         """Written at once (the real one writes within POKE_SPACING): takes the snapshot."""
@@ -389,14 +394,31 @@ def test_progress_alone_is_written_every_refresh_interval_not_every_poll(make):
     and, while only the last getUpdates moves on, once per refresh interval: with many idle
     bots, a write per long poll would be most of the gateway's idle work."""
     poller, api, _bus = make()
-    poller.leases.refresh = 1000.0  # type: ignore[attr-defined]
+    poller.leases.refresh = poller.leases.idle_refresh = 1000.0  # type: ignore[attr-defined]
     poller.start()
     wait_until(lambda: poller.record.state == "polling", 5, "polling")
     time.sleep(0.3)
     polls = len(api.offsets)
     quiet = len(poller.leases.changes)  # type: ignore[attr-defined]
     assert polls > 10 and quiet <= 3  # the state changes only (starting, polling)
-    poller.leases.refresh = 0.05  # type: ignore[attr-defined]
+    poller.leases.refresh = poller.leases.idle_refresh = 0.05  # type: ignore[attr-defined]
     time.sleep(0.5)
+    written = len(poller.leases.changes) - quiet  # type: ignore[attr-defined]
+    assert 3 <= written <= 0.5 / 0.05 + 2
+
+
+def test_an_idle_bot_is_written_less_often_than_a_busy_one(make):
+    """Empty long polls use the idle interval; polls that bring updates the busy one."""
+    poller, api, _bus = make()
+    poller.leases.refresh, poller.leases.idle_refresh = 0.05, 1000.0  # type: ignore[attr-defined]
+    poller.start()
+    wait_until(lambda: poller.record.state == "polling", 5, "polling")
+    time.sleep(0.3)
+    quiet = len(poller.leases.changes)  # type: ignore[attr-defined]
+    assert len(api.offsets) > 10 and quiet <= 3  # idle: the state changes only
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:  # busy: a batch every 10 ms
+        api.add(1)
+        time.sleep(0.01)
     written = len(poller.leases.changes) - quiet  # type: ignore[attr-defined]
     assert 3 <= written <= 0.5 / 0.05 + 2
