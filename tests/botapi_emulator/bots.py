@@ -39,6 +39,9 @@ class BotState:
     flood: FloodState = field(default_factory=FloodState)
     poller: asyncio.Future[str] | None = None
     logged_out: bool = False
+    # when this server launched the bot's instance (time.monotonic(); None: not running here).
+    # Any request launches it; close stops it and keeps its queue.
+    launched_at: float | None = None
 
     def __post_init__(self) -> None:
         if not self.base_id:

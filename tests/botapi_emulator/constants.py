@@ -22,6 +22,8 @@ CONFLICT_WEBHOOK_ACTIVE = (
 )
 CONFLICT_SET_WEBHOOK = "Conflict: terminated by setWebhook request"
 RESTART_DESCRIPTION = "Internal Server Error: restart"
+# close is refused (429) this many seconds after an instance launched (Client::on_cmd)
+CLOSE_AFTER = 10 * 60
 NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup "
     "are exactly the same as a current content and reply markup of the message"

@@ -52,6 +52,7 @@ class ControlApi:
             ("GET", "/limits"): self.get_limits,
             ("POST", "/limits"): self.post_limits,
             ("POST", "/reset"): self.post_reset,
+            ("POST", "/uptime"): self.post_uptime,
         }
 
     def handle(self, req: Request) -> Response:
@@ -113,7 +114,19 @@ class ControlApi:
         }
 
     def get_bots(self, query: dict[str, str], body: dict[str, Any]) -> Any:
-        return [{**bot.public(), "logged_out": bot.logged_out} for bot in self.emu.bots.values()]
+        return [
+            {**bot.public(), "logged_out": bot.logged_out, "launched": bot.launched_at is not None}
+            for bot in self.emu.bots.values()
+        ]
+
+    def post_uptime(self, query: dict[str, str], body: dict[str, Any]) -> Any:
+        """Pretend the server started ``seconds`` ago (tests of close's 10-minute rule: an
+        instance launched now counts as launched that long after the server's start)."""
+        seconds = body.get("seconds")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+            raise ControlError("seconds (a number >= 0) is required")
+        self.emu.started_monotonic = time.monotonic() - float(seconds)
+        return {"uptime": seconds}
 
     def post_bots(self, query: dict[str, str], body: dict[str, Any]) -> Any:
         token = body.get("token")

@@ -20,6 +20,7 @@ from botapi_emulator import received
 from botapi_emulator.bots import BotState
 from botapi_emulator.chats import CHAT_TYPES, ChatState, chat_type_by_id
 from botapi_emulator.cli import Options
+from botapi_emulator.constants import CLOSE_AFTER
 from botapi_emulator.encoding import json_bytes
 from botapi_emulator.errors import ApiError, ControlError
 from botapi_emulator.faults import Fault
@@ -63,6 +64,7 @@ class Emulator:
         self.fault_seq = 0
         self.file_seq = 0
         self.started = time.time()
+        self.started_monotonic = time.monotonic()  # POST /_emulator/uptime moves it back
         self.on_down: Callable[[float], None] | None = None
         self.on_up: Callable[[], None] | None = None
 
@@ -297,11 +299,29 @@ class Emulator:
             if entry is None:
                 raise ApiError(404, "Not Found")
             params = self.parse_params(req)
+            self.launch(bot)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s %s %s", safe_bot_ref(bot.id), entry[0], sorted(params))
             return entry[1](self, bot, params)
         except ApiError as exc:
             return error_response(exc.code, exc.description, exc.parameters)
+
+    def launch(self, bot: BotState) -> None:
+        """A request for a bot this server does not run starts its instance (telegram-bot-api
+        creates a Client for the token); its queue is the one it kept, if any."""
+        if bot.launched_at is None:
+            bot.launched_at = time.monotonic()
+            log.info("%s launched on this server", safe_bot_ref(bot.id))
+
+    def close_refused_for(self, bot: BotState) -> int:
+        """Seconds ``close`` is still refused for: telegram-bot-api answers 429 in the first
+        10 minutes after an instance launched, unless it launched within the first 10
+        minutes of the server's own start."""
+        launched = bot.launched_at if bot.launched_at is not None else time.monotonic()
+        retry_after = int(CLOSE_AFTER - (time.monotonic() - launched))
+        if retry_after > 0 and launched > self.started_monotonic + CLOSE_AFTER:
+            return retry_after
+        return 0
 
     def authorize(self, token: str) -> BotState:
         try:

@@ -12,6 +12,7 @@ from botapi_emulator.constants import (
     CONFLICT_OTHER_POLLER,
     CONFLICT_SET_WEBHOOK,
     CONFLICT_WEBHOOK_ACTIVE,
+    RESTART_DESCRIPTION,
 )
 from botapi_emulator.errors import ApiError
 from botapi_emulator.params import p_bool, p_int, p_json, p_num, p_str
@@ -69,6 +70,8 @@ async def long_poll(emu: Emulator, bot: BotState, limit: int, timeout: float) ->
             return error_response(409, CONFLICT_OTHER_POLLER)
         if reason == "webhook":
             return error_response(409, CONFLICT_SET_WEBHOOK)
+        if reason == "closed":
+            return error_response(500, RESTART_DESCRIPTION)
         result = emu.collect_json(bot, limit)
         if len(result) > 2 or reason == "timeout" or loop.time() >= deadline:
             return ok_raw(result)

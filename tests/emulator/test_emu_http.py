@@ -234,6 +234,7 @@ class TestControlApi:
                 "first_name": f"Emulated Bot {bot.id}",
                 "username": f"emulated_{bot.id}_bot",
                 "logged_out": False,
+                "launched": False,  # no Bot API request for it yet
             }
         ]
         assert bot.token.split(":")[1] not in data.decode()

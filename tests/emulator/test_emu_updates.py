@@ -285,3 +285,42 @@ def test_concurrent_pollers_of_different_bots(emu: EmulatorProcess) -> None:
     for handle in bots:
         status, body, _ = results[handle.id]
         assert status == 200 and texts(body["result"]) == [f"for {handle.id}"]
+
+
+class TestClose:
+    """close as telegram-bot-api does it (Client::on_cmd): the instance stops and keeps its
+    queue; a pending getUpdates fails with "restart"; the next request launches it again;
+    refused in the first 10 minutes after a launch that came 10 minutes or more after the
+    server's own start."""
+
+    def launched(self, bot: BotHandle) -> bool:
+        bots = bot.emu.control("GET", "/bots")["result"]
+        (entry,) = [b for b in bots if b["id"] == bot.id]
+        return bool(entry["launched"])
+
+    def test_close_stops_the_instance_and_keeps_its_queue(self, bot: BotHandle) -> None:
+        assert not self.launched(bot)
+        assert bot.ok("getMe")  # any request launches the instance
+        assert self.launched(bot)
+        pending = poll_in_background(bot, timeout=30)  # a long poll waiting
+        assert bot.ok("close") is True
+        status, body, _ = pending.result(timeout=5)
+        assert (status, body["description"]) == (500, "Internal Server Error: restart")
+        assert not self.launched(bot)
+        inject_texts(bot, 2)  # held for the instance, as Telegram holds them for the bot
+        assert texts(bot.ok("getUpdates")) == ["m0", "m1"]  # unconfirmed
+        assert self.launched(bot)  # that request launched it again
+        assert bot.ok("close") is True
+        assert texts(bot.ok("getUpdates")) == ["m0", "m1"]  # close kept the queue
+
+    def test_close_is_refused_in_the_first_ten_minutes_of_an_instance(self, bot: BotHandle) -> None:
+        bot.emu.control("POST", "/uptime", {"seconds": 3600})  # the server runs for an hour
+        assert bot.ok("getMe")  # launched now: more than 10 minutes after the server's start
+        status, description, body = bot.error("close")
+        retry_after = body["parameters"]["retry_after"]
+        assert status == 429 and 598 <= retry_after <= 600
+        assert description == f"Too Many Requests: retry after {retry_after}"
+        assert self.launched(bot)
+        bot.emu.control("POST", "/uptime", {"seconds": 300})  # launched 5 min after start
+        assert bot.ok("close") is True
+        assert not self.launched(bot)
