@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -672,6 +673,23 @@ class Bus:
     async def _on_error(self, exc: Exception) -> None:
         self._note_error(f"NATS error: {exc or type(exc).__name__}")
 
+    def _replicas_hint(self) -> str:
+        replicas = self.settings.nats_replicas
+        if replicas == 1:
+            return ""
+        return f" (GATEWAY_NATS_REPLICAS={replicas} needs a NATS cluster of {replicas} or more)"
+
+    def _log_replicas(self, stream: str, before: int | None) -> None:
+        """Say so when an existing stream was changed to GATEWAY_NATS_REPLICAS (the servers
+        copy its messages to the new replicas in the background)."""
+        if (before or 1) != self.settings.nats_replicas:
+            logger.info(
+                "JetStream stream %s: replicas %d -> %d (GATEWAY_NATS_REPLICAS)",
+                stream,
+                before or 1,
+                self.settings.nats_replicas,
+            )
+
     def _note_error(self, message: str) -> None:
         message = redact(message)
         if message != self._last_error:
@@ -697,21 +715,29 @@ class Bus:
             discard=DiscardPolicy.OLD,
             max_age=s.stream_max_age,
             duplicate_window=s.stream_duplicate_window,
-            num_replicas=1,
+            num_replicas=s.nats_replicas,
         )
         js = self._nc.jetstream()
         try:
             try:
-                await js.stream_info(s.stream_name)
+                info = await js.stream_info(s.stream_name)
             except nats.js.errors.NotFoundError:
                 await js.add_stream(config)
-                logger.info("created JetStream stream %s (%s)", s.stream_name, INBOUND_SUBJECTS)
+                logger.info(
+                    "created JetStream stream %s (%s, %d replica(s))",
+                    s.stream_name,
+                    INBOUND_SUBJECTS,
+                    s.nats_replicas,
+                )
             else:
                 await js.update_stream(config)
+                self._log_replicas(s.stream_name, info.config.num_replicas)
             self._stream_ready = True
         except Exception as exc:
             self._stream_ready = False
-            self._note_error(f"cannot create or update stream {s.stream_name}: {exc}")
+            self._note_error(
+                f"cannot create or update stream {s.stream_name}: {exc}{self._replicas_hint()}"
+            )
 
     async def _ensure_files_bucket(self) -> None:
         """Create the Object Store bucket of received files, or update its age and size."""
@@ -730,7 +756,7 @@ class Bus:
                         ttl=s.files_ttl,
                         max_bytes=s.files_bucket_max_bytes,
                         storage=StorageType.FILE,
-                        replicas=1,
+                        replicas=s.nats_replicas,
                     ),
                 )
                 logger.info("created JetStream object store %s", FILES_BUCKET)
@@ -739,20 +765,30 @@ class Bus:
                 if (
                     abs((config.max_age or 0) - s.files_ttl) > 0.001
                     or config.max_bytes != s.files_bucket_max_bytes
+                    or config.num_replicas != s.nats_replicas
                 ):
                     await js.update_stream(
-                        config.evolve(max_age=s.files_ttl, max_bytes=s.files_bucket_max_bytes)
+                        config.evolve(
+                            max_age=s.files_ttl,
+                            max_bytes=s.files_bucket_max_bytes,
+                            num_replicas=s.nats_replicas,
+                        )
                     )
+                    self._log_replicas(stream, config.num_replicas)
             self._files_ready = True
         except Exception as exc:
             self._files_ready = False
-            self._note_error(f"cannot create or update object store {FILES_BUCKET}: {exc}")
+            self._note_error(
+                f"cannot create or update object store {FILES_BUCKET}: {exc}{self._replicas_hint()}"
+            )
 
     async def _ensure_buckets(self) -> None:
         """Create each declared Key-Value bucket, or update its limits to the declared ones."""
         assert self._nc is not None
         js = self._nc.jetstream()
-        for name, config in self._buckets.items():
+        replicas = self.settings.nats_replicas
+        for name, declared in self._buckets.items():
+            config = dataclasses.replace(declared, replicas=replicas)
             try:
                 try:
                     kv = await js.key_value(name)
@@ -762,16 +798,25 @@ class Bus:
                 else:
                     info = await js.stream_info(f"KV_{name}")
                     current = info.config
-                    if abs((current.max_age or 0) - (config.ttl or 0)) > 0.001 or (
-                        current.max_bytes or -1
-                    ) != (config.max_bytes or -1):
+                    if (
+                        abs((current.max_age or 0) - (config.ttl or 0)) > 0.001
+                        or (current.max_bytes or -1) != (config.max_bytes or -1)
+                        or current.num_replicas != replicas
+                    ):
                         await js.update_stream(
-                            current.evolve(max_age=config.ttl, max_bytes=config.max_bytes or -1)
+                            current.evolve(
+                                max_age=config.ttl,
+                                max_bytes=config.max_bytes or -1,
+                                num_replicas=replicas,
+                            )
                         )
+                        self._log_replicas(f"KV_{name}", current.num_replicas)
                 self._kv[name] = kv
             except Exception as exc:
                 self._kv.pop(name, None)
-                self._note_error(f"cannot create or update Key-Value bucket {name}: {exc}")
+                self._note_error(
+                    f"cannot create or update Key-Value bucket {name}: {exc}{self._replicas_hint()}"
+                )
 
     async def _start_watches(self) -> None:
         for watch in self._watches:

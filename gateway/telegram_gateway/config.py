@@ -54,6 +54,7 @@ class Settings:
     state_dir: Path
     log_level: str
     stream_name: str
+    nats_replicas: int
     stream_max_age: float
     stream_duplicate_window: float
     poll_timeout: int
@@ -325,6 +326,14 @@ SETTINGS: tuple[Setting, ...] = (
         _stream_name,
         "TELEGRAM",
         "JetStream stream capturing telegram.in.>",
+    ),
+    Setting(
+        "GATEWAY_NATS_REPLICAS",
+        "nats_replicas",
+        _integer(1, 5),
+        "1",
+        "copies JetStream keeps of the stream, the object store and every Key-Value bucket "
+        "(1 on one host; 3 on a 3-node cluster); an existing stream or bucket is changed to it",
     ),
     Setting(
         "GATEWAY_STREAM_MAX_AGE",

@@ -128,6 +128,7 @@ def test_gateway_environment_file(rendered: Rendered, fake_secrets: FakeSecrets)
         "GATEWAY_FILES_BUCKET_MAX_BYTES": "1073741824",
         # the state the workers share, in NATS Key-Value buckets
         "GATEWAY_LEASE_TTL": "3",
+        "GATEWAY_NATS_REPLICAS": "1",
         "GATEWAY_IDEMPOTENCY_TTL": "86400",
         "GATEWAY_IDEMPOTENCY_MAX_BYTES": "67108864",
         "GATEWAY_STREAM_MAX_AGE": "3600",
