@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -55,6 +56,7 @@ class Settings:
     log_level: str
     stream_name: str
     nats_replicas: int
+    host_name: str
     stream_max_age: float
     stream_duplicate_window: float
     poll_timeout: int
@@ -215,6 +217,16 @@ def _log_level(value: str) -> str:
     return level
 
 
+def _host_name(value: str) -> str:
+    """This host's name in NATS (worker names, Nats-Msg-Id, Bot API server instances): the
+    machine's host name when empty, with every character other than A-Z a-z 0-9 _ - as _."""
+    if not value:
+        return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise ValueError("must be 1-64 characters A-Z a-z 0-9 _ - (or empty: the host name)")
+    return value
+
+
 def _stream_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
         raise ValueError("must be 1-64 characters A-Z a-z 0-9 _ -")
@@ -334,6 +346,14 @@ SETTINGS: tuple[Setting, ...] = (
         "1",
         "copies JetStream keeps of the stream, the object store and every Key-Value bucket "
         "(1 on one host; 3 on a 3-node cluster); an existing stream or bucket is changed to it",
+    ),
+    Setting(
+        "GATEWAY_HOST_NAME",
+        "host_name",
+        _host_name,
+        "",
+        "this host's name among the gateway's hosts (the Bot API server it polls): in worker "
+        "names and each update's Nats-Msg-Id; empty = the machine's host name",
     ),
     Setting(
         "GATEWAY_STREAM_MAX_AGE",

@@ -98,7 +98,8 @@ ACQUIRE_BATCH = 100
 
 
 def worker_name(host: str | None = None, pid: int | None = None) -> str:
-    """``<host>-<pid>``, as a Key-Value key token (letters, digits, ``-`` and ``_``)."""
+    """``<host>-<pid>``, as a Key-Value key token (letters, digits, ``-`` and ``_``); ``host``
+    is GATEWAY_HOST_NAME (the machine's host name by default)."""
     host = re.sub(r"[^A-Za-z0-9_-]", "_", host or socket.gethostname())[:64] or "host"
     return f"{host}-{os.getpid() if pid is None else pid}"
 
@@ -162,7 +163,8 @@ class Ownership:
         self.settings = settings
         self.bus = bus
         self.bots = list(bot_ids)
-        self.name = name or worker_name()
+        self.host = settings.host_name
+        self.name = name or worker_name(self.host)
         self.clock = clock
         self.ttl = settings.lease_ttl
         self.interval = self.ttl / 3

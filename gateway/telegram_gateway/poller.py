@@ -513,7 +513,10 @@ class Poller:
         """Publish the pending updates; '' when all are acked, else what went wrong."""
         if not self.bus.connected:
             return "NATS disconnected"
-        messages = [Outgoing(info.subject, payload, info.headers()) for info, payload in pending]
+        server = self.settings.host_name
+        messages = [
+            Outgoing(info.subject, payload, info.headers(server)) for info, payload in pending
+        ]
         try:
             results = self.bus.publish_each(messages)
         except BusError as exc:
@@ -551,7 +554,7 @@ class Poller:
                 # the copy follows the files: an agent finds them stored
                 self.files.store_update_files(self.bot, json.loads(payload))
             if targets:
-                headers = info.headers()
+                headers = info.headers(self.settings.host_name)
                 for route, subject in targets:
                     copies.append(Outgoing(subject, payload, headers))
                     names.append(route.name)

@@ -8,9 +8,15 @@ published to NATS is the JSON the Bot API returned (unknown fields included).
 Headers and subject follow the design contract::
 
     subject  telegram.in.<bot_id>.<update_type>
-    headers  Nats-Msg-Id: <bot_id>:<update_id>   (JetStream de-duplication)
+    headers  Nats-Msg-Id: <bot_id>:<update_id>@<host>   (JetStream de-duplication)
              Telegram-Bot-Id, Telegram-Update-Id, Telegram-Update-Type,
+             Telegram-Bot-Api-Server (the host whose Bot API server delivered it),
              Telegram-Chat-Id and Telegram-User-Id where the update has them
+
+Each Bot API server numbers a bot's updates itself (from a random start, kept in its own
+queue), so an ``update_id`` says nothing across servers: the host part keeps JetStream from
+dropping one server's update as a repeat of another's with the same number, while a batch the
+same server delivers again (after a crash) keeps its ids and is dropped.
 """
 
 from __future__ import annotations
@@ -41,20 +47,22 @@ class UpdateInfo:
     user_id: int | None = None
     text: str | None = None
 
-    @property
-    def msg_id(self) -> str:
-        return f"{self.bot_id}:{self.update_id}"
+    def msg_id(self, server: str) -> str:
+        """The de-duplication id of this update as Bot API server ``server`` delivered it."""
+        return f"{self.bot_id}:{self.update_id}@{server}"
 
     @property
     def subject(self) -> str:
         return f"{INBOUND_PREFIX}.{self.bot_id}.{self.update_type}"
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, server: str) -> dict[str, str]:
+        """The headers of the update as the Bot API server on host ``server`` delivered it."""
         headers = {
-            "Nats-Msg-Id": self.msg_id,
+            "Nats-Msg-Id": self.msg_id(server),
             "Telegram-Bot-Id": str(self.bot_id),
             "Telegram-Update-Id": str(self.update_id),
             "Telegram-Update-Type": self.update_type,
+            "Telegram-Bot-Api-Server": server,
         }
         if self.chat_id is not None:
             headers["Telegram-Chat-Id"] = str(self.chat_id)

@@ -129,6 +129,7 @@ def test_gateway_environment_file(rendered: Rendered, fake_secrets: FakeSecrets)
         # the state the workers share, in NATS Key-Value buckets
         "GATEWAY_LEASE_TTL": "3",
         "GATEWAY_NATS_REPLICAS": "1",
+        "GATEWAY_HOST_NAME": "localhost",
         "GATEWAY_IDEMPOTENCY_TTL": "86400",
         "GATEWAY_IDEMPOTENCY_MAX_BYTES": "67108864",
         "GATEWAY_STREAM_MAX_AGE": "3600",

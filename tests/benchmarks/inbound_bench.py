@@ -38,7 +38,7 @@ import nats  # noqa: E402
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig  # noqa: E402
 
 from harness.procs import wait_until  # noqa: E402
-from harness.stack import NATS_USER, Stack  # noqa: E402
+from harness.stack import HOST, NATS_USER, Stack  # noqa: E402
 
 BOT_ID = 900000001
 KINDS = ["message", "edited_message", "callback_query", "my_chat_member", "message_reaction"]
@@ -94,10 +94,11 @@ async def bare_loop(url: str, password: str, updates: list[dict[str, Any]]) -> t
     for update in updates:
         kind = next(k for k in update if k != "update_id")
         headers = {
-            "Nats-Msg-Id": f"{BOT_ID}:{update['update_id']}",
+            "Nats-Msg-Id": f"{BOT_ID}:{update['update_id']}@{HOST}",
             "Telegram-Bot-Id": str(BOT_ID),
             "Telegram-Update-Id": str(update["update_id"]),
             "Telegram-Update-Type": kind,
+            "Telegram-Bot-Api-Server": HOST,
         }
         payload = json.dumps(update, ensure_ascii=False, separators=(",", ":")).encode()
         messages.append((f"bare.in.{BOT_ID}.{kind}", payload, headers))

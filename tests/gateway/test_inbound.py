@@ -10,6 +10,7 @@ import time
 import pytest
 
 from harness.procs import wait_until
+from harness.stack import HOST
 
 pytestmark = pytest.mark.integration
 
@@ -152,7 +153,8 @@ def test_routing_ask_commands_from_one_chat_to_the_agent_inbox(stack):
     assert [m.subject for m in inbox.messages] == ["agents.helper.inbox"] * len(routed_ids)
     assert [int(m.headers["Telegram-Update-Id"]) for m in inbox.messages] == routed_ids
     assert all(
-        m.headers["Nats-Msg-Id"] == f"{bot_id}:{m.update['update_id']}" for m in inbox.messages
+        m.headers["Nats-Msg-Id"] == f"{bot_id}:{m.update['update_id']}@{HOST}"
+        for m in inbox.messages
     )
     served = stack.served(bot_id)
     assert all(m.update == served[m.update["update_id"]] for m in inbox.messages)

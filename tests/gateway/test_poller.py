@@ -195,6 +195,7 @@ def settings_for(tmp_path: Path, **overrides: Any):
         "GATEWAY_STATE_DIR": str(tmp_path),
         "GATEWAY_POLL_TIMEOUT": "0",
         "GATEWAY_POLL_LIMIT": "10",
+        "GATEWAY_HOST_NAME": "host-a",
     }
     return load_settings(env, overrides)
 
@@ -231,7 +232,7 @@ def test_publishes_each_update_once_then_confirms(make):
     assert stored_ids(bus) == list(range(1000, 1035))
     first = bus.stored[0]
     assert first.subject == f"telegram.in.{BOT_ID}.message"
-    assert first.headers["Nats-Msg-Id"] == f"{BOT_ID}:1000"
+    assert first.headers["Nats-Msg-Id"] == f"{BOT_ID}:1000@host-a"
     assert json.loads(first.payload) == api.updates[0]
     # offsets: None first, then last update_id + 1 of each batch of 10
     assert api.offsets[:5] == [None, 1010, 1020, 1030, 1035]
@@ -287,7 +288,7 @@ def test_routing_copies_after_the_ack(make):
     poller.start()
     wait_until(lambda: api.confirmed == 3, 5, "confirmed")
     assert [m.subject for m in bus.core] == ["agents.helper.inbox"]
-    assert bus.core[0].headers["Nats-Msg-Id"] == f"{BOT_ID}:1"
+    assert bus.core[0].headers["Nats-Msg-Id"] == f"{BOT_ID}:1@host-a"
     assert json.loads(bus.core[0].payload)["message"]["text"] == "/ask one"
 
 

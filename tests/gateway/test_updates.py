@@ -34,11 +34,12 @@ def test_message_facts_subject_and_headers():
     )
     assert info.text == "/ask@helper_bot what now?"
     assert info.subject == "telegram.in.4242.message"
-    assert info.headers() == {
-        "Nats-Msg-Id": "4242:900",
+    assert info.headers("host-a") == {
+        "Nats-Msg-Id": "4242:900@host-a",
         "Telegram-Bot-Id": "4242",
         "Telegram-Update-Id": "900",
         "Telegram-Update-Type": "message",
+        "Telegram-Bot-Api-Server": "host-a",
         "Telegram-Chat-Id": "-100123",
         "Telegram-User-Id": "77",
     }
@@ -71,7 +72,7 @@ def test_chat_and_user_of_every_shape(update_type, body, chat_id, user_id):
     assert info.update_type == update_type
     assert info.chat_id == chat_id
     assert info.user_id == user_id
-    headers = info.headers()
+    headers = info.headers("host-a")
     assert ("Telegram-Chat-Id" in headers) == (chat_id is not None)
     assert ("Telegram-User-Id" in headers) == (user_id is not None)
 
@@ -119,3 +120,12 @@ def test_allowed_updates_setting():
     assert chosen.allowed_updates == ("message", "callback_query")
     with pytest.raises(ConfigError, match=r"GATEWAY_ALLOWED_UPDATES .*mesage"):
         load_settings({**base, "GATEWAY_ALLOWED_UPDATES": "mesage"})
+
+
+def test_the_same_update_id_from_two_bot_api_servers_is_two_updates():
+    """Each Bot API server numbers a bot's updates itself: equal numbers from two hosts are
+    different updates (two ids), the same server's repeat is the same one (one id)."""
+    info = describe(4242, {"update_id": 7, "message": {"chat": {"id": 1}}})
+    again = describe(4242, {"update_id": 7, "message": {"chat": {"id": 1}}})
+    assert info.msg_id("host-a") != info.msg_id("host-b")
+    assert info.msg_id("host-a") == again.msg_id("host-a")

@@ -43,6 +43,8 @@ from harness.tokens import fake_token
 
 STREAM = "TELEGRAM"
 NATS_USER = "gateway"
+#: GATEWAY_HOST_NAME of the stack's gateways (they share one Bot API server: one host)
+HOST = "test-host"
 
 
 class Stack:
@@ -125,6 +127,7 @@ class Stack:
             "GATEWAY_API_TOKEN": self.api_token,
             "GATEWAY_POLL_TIMEOUT": "2",
             "GATEWAY_HEALTH_PROBE_INTERVAL": "1",
+            "GATEWAY_HOST_NAME": HOST,
         }
         if self.nats_password:
             settings |= {"NATS_USER": NATS_USER, "NATS_PASSWORD": self.nats_password}
@@ -315,23 +318,26 @@ class Stack:
             msg_id = message.headers["Nats-Msg-Id"]
             assert msg_id not in seen, f"{msg_id} stored twice"
             seen.add(msg_id)
-            bot_id, update_id = (int(part) for part in msg_id.split(":"))
+            ids, _, host = msg_id.partition("@")
+            bot_id, update_id = (int(part) for part in ids.split(":"))
+            assert host == HOST, msg_id
             original = served[bot_id][update_id]
             assert message.update == original
             kind, chat_id, user_id = self.expected_facts(original)
             assert message.subject == f"telegram.in.{bot_id}.{kind}"
             expected = {
-                "Nats-Msg-Id": f"{bot_id}:{update_id}",
+                "Nats-Msg-Id": f"{bot_id}:{update_id}@{HOST}",
                 "Telegram-Bot-Id": str(bot_id),
                 "Telegram-Update-Id": str(update_id),
                 "Telegram-Update-Type": kind,
+                "Telegram-Bot-Api-Server": HOST,
             }
             if chat_id is not None:
                 expected["Telegram-Chat-Id"] = str(chat_id)
             if user_id is not None:
                 expected["Telegram-User-Id"] = str(user_id)
             assert message.headers == expected
-        missing = {f"{b}:{u}" for b in bot_ids for u in served[b]} - seen
+        missing = {f"{b}:{u}@{HOST}" for b in bot_ids for u in served[b]} - seen
         assert not missing, f"{len(missing)} update(s) lost, e.g. {sorted(missing)[:3]}"
         assert len(stored) == sum(len(s) for s in served.values())
 

@@ -20,7 +20,7 @@ def chat_id(probe, agents):
     return probe("chat", **agents)["chat_id"]
 
 
-def test_inbound_update_reaches_jetstream_within_5s(probe, agents):
+def test_inbound_update_reaches_jetstream_within_5s(probe, agents, host):
     res = probe("inbound", count=3, timeout=INBOUND_DEADLINE + 5, **agents)
     print(f"\nINBOUND 3 updates emulator -> stream TELEGRAM in {res['seconds']} s")
     by_id = {m["update"]["update_id"]: m for m in res["messages"]}
@@ -29,7 +29,10 @@ def test_inbound_update_reaches_jetstream_within_5s(probe, agents):
         msg = by_id[update_id]
         assert msg["subject"] == f"telegram.in.{BOT_ID}.message"
         headers = msg["headers"]
-        assert headers["Nats-Msg-Id"] == f"{BOT_ID}:{update_id}"
+        # the host's Bot API server numbered it: its name (GATEWAY_HOST_NAME) is in the id
+        server = headers["Telegram-Bot-Api-Server"]
+        assert server == host.ansible.get_variables()["inventory_hostname"]
+        assert headers["Nats-Msg-Id"] == f"{BOT_ID}:{update_id}@{server}"
         assert headers["Telegram-Bot-Id"] == str(BOT_ID)
         assert headers["Telegram-Update-Id"] == str(update_id)
         assert headers["Telegram-Update-Type"] == "message"
