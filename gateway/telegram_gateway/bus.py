@@ -90,6 +90,8 @@ INBOUND_SUBJECTS = "telegram.in.>"
 PUBLISH_ATTEMPTS = 5
 #: the Object Store bucket of received files (stream ``OBJ_TELEGRAM_FILES``)
 FILES_BUCKET = "TELEGRAM_FILES"
+#: seconds between two attempts at most to create or update what failed at connect
+REPAIR_MAX = 10.0
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,7 @@ class Bus:
         self._connected = False
         self._stream_ready = False
         self._files_ready = False
+        self._repairing: asyncio.Future[None] | None = None
         self._stopping = False
         self._last_error: str | None = None
         self._disconnected_since: float | None = time.monotonic()
@@ -657,6 +660,37 @@ class Bus:
         await self._start_watches()
         for listener in self._state_listeners:
             listener(True)
+        if not self._all_ready() and (self._repairing is None or self._repairing.done()):
+            self._repairing = asyncio.ensure_future(self._repair())
+
+    def _all_ready(self) -> bool:
+        return (
+            self._stream_ready
+            and self._files_ready
+            and all(name in self._kv for name in self._buckets)
+        )
+
+    async def _repair(self) -> None:
+        """Create or update again what failed at connect (a JetStream API call that timed out
+        while a cluster elects a leader, a server that was short of resources) until all is
+        ready, instead of waiting for the next reconnect."""
+        delay = 1.0
+        while self._connected and not self._stopping and not self._all_ready():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REPAIR_MAX)
+            if not self._connected:
+                return
+            if not self._stream_ready:
+                await self._ensure_stream()
+            if not self._files_ready:
+                await self._ensure_files_bucket()
+            missing = [name for name in self._buckets if name not in self._kv]
+            if missing:
+                await self._ensure_buckets()
+                if any(name in self._kv for name in missing):
+                    await self._start_watches()
+        if self._all_ready():
+            logger.info("JetStream stream, object store and buckets ready")
 
     async def _on_disconnected(self) -> None:
         if self._connected:

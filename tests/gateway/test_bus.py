@@ -134,3 +134,41 @@ def test_a_key_with_its_own_ttl_expires_and_reads_as_absent(server: NatsServer, 
         assert the_bus.run(the_bus.kv_create_async("TTL_TEST", "lease", b"new", ttl=1), 5) > kept
     finally:
         the_bus.stop()
+
+
+def test_what_failed_at_connect_is_created_later_without_a_reconnect(
+    server: NatsServer, tmp_path: Path
+):
+    """A stream that cannot be created when the bus connects (here another stream holds its
+    subjects; on a cluster, a leader election) is tried again until it exists."""
+
+    async def block(action: str) -> None:
+        nc = await nats.connect(server.url)
+        try:
+            js = nc.jetstream()
+            if action == "add":
+                await js.add_stream(name="BLOCKER", subjects=["telegram.in.>"])
+            else:
+                await js.delete_stream("BLOCKER")
+        finally:
+            await nc.close()
+
+    asyncio.run(block("add"))
+    settings = load_settings(
+        {
+            "TELEGRAM_BOT_TOKENS": fake_token(1),
+            "GATEWAY_API_TOKEN": "b" * 20,
+            "NATS_URL": server.url,
+            "GATEWAY_STATE_DIR": str(tmp_path),
+        }
+    )
+    the_bus = Bus(settings)
+    the_bus.start()
+    try:
+        wait_until(lambda: the_bus.status()["last_error"], 10, "the stream refused")
+        assert not the_bus.status()["stream_ready"]
+        asyncio.run(block("delete"))
+        wait_until(lambda: the_bus.status()["stream_ready"], 20, "the stream created later")
+        assert the_bus.status()["reconnects"] == 0
+    finally:
+        the_bus.stop()
