@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -100,6 +100,9 @@ class BotApi:
         self.base_url = base_url.rstrip("/")
         self._prefix = parts.path.rstrip("/")
         self._pool = urllib3.connection_from_url(self.base_url, maxsize=pool_size)
+        # called with (bot id, method) before every request: a request launches the server's
+        # instance of the bot, which the gateway records first (telegram_gateway.instances)
+        self.before: Callable[[int, str], None] | None = None
 
     def close(self) -> None:
         self._pool.close()
@@ -132,6 +135,10 @@ class BotApi:
         timeout: float,
     ) -> tuple[int, bytes]:
         """One POST: (HTTP status, body bytes), whatever they are."""
+        if self.before is not None:
+            bot_id, _, _ = token.partition(":")
+            if bot_id.isdigit():
+                self.before(int(bot_id), method)
         body: Any
         if upload is None:
             body = json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode()

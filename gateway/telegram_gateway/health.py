@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,18 +47,45 @@ class Component(Protocol):
 PROBES_PER_SECOND = 2.0
 
 
+def _everywhere(bot_id: int) -> bool:
+    return True
+
+
+def _unknown(bot_id: int) -> Check | None:
+    return None
+
+
+def _ignore(bot_id: int, check: Check) -> None:
+    pass
+
+
 class BotApiProbe:
     """Calls ``getMe`` for every bot in the background, spread over the probe period;
     ``/healthz`` reads the last outcome. The period is ``interval`` (every bot that often)
-    unless that takes more than :data:`PROBES_PER_SECOND`."""
+    unless that takes more than :data:`PROBES_PER_SECOND`.
 
-    def __init__(self, clients: list[BotApiClient], interval: float, timeout: float) -> None:
+    Only bots whose instance runs on this host's Bot API server are probed (``local``: their
+    owner polls here), since a request launches the instance; for the others ``remote`` gives
+    what their owner's host last found (None: nothing yet), and ``on_result`` hands each result
+    on (the owner writes it into its record)."""
+
+    def __init__(
+        self,
+        clients: list[BotApiClient],
+        interval: float,
+        timeout: float,
+        local: Callable[[int], bool] = _everywhere,
+        remote: Callable[[int], Check | None] = _unknown,
+        on_result: Callable[[int, Check], None] = _ignore,
+    ) -> None:
         self.clients = clients
         self.interval = interval
         self.timeout = timeout
+        self.local, self.remote, self.on_result = local, remote, on_result
         self._results: dict[int, Check] = {
             c.bot.bot_id: Check(False, "not probed yet") for c in clients
         }
+        self._skipped: set[int] = set()  # bots passed over while not local
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -78,15 +106,27 @@ class BotApiProbe:
         if not self.clients:
             return
         pause = self.period / len(self.clients)
+        by_id = {client.bot.bot_id: client for client in self.clients}
         while True:
+            probed = False
             for client in self.clients:
+                if not self.local(client.bot.bot_id):
+                    self._skipped.add(client.bot.bot_id)
+                    continue
                 if self._stop.wait(pause):
                     return
                 self._probe(client)
+                probed = True
+                for bot_id in [b for b in self._skipped if self.local(b)]:
+                    self._skipped.discard(bot_id)  # polled here now: probed at once
+                    self._probe(by_id[bot_id])
+            if not probed and self._stop.wait(min(pause, 1.0)):
+                return
 
     def probe_once(self) -> None:
         for client in self.clients:
-            self._probe(client)
+            if self.local(client.bot.bot_id):
+                self._probe(client)
 
     def _probe(self, client: BotApiClient) -> None:
         bot_id = client.bot.bot_id
@@ -103,10 +143,21 @@ class BotApiProbe:
             log = logger.info if check.ok else logger.warning
             log("Bot API for bot %s: %s", client.bot.label, check.reason)
         self._results[bot_id] = check
+        self.on_result(bot_id, check)
+
+    def _check(self, bot_id: int, own: Check) -> Check:
+        if self.local(bot_id):
+            return own
+        return self.remote(bot_id) or Check(
+            False, "not probed yet (probed on the host whose gateway polls the bot)"
+        )
 
     @property
     def ok(self) -> bool:
-        return all(check.ok for check in self._results.values())
+        return all(self._check(bot_id, c).ok for bot_id, c in self._results.items())
 
     def checks(self) -> dict[str, Check]:
-        return {f"telegram_api:{bot_id}": check for bot_id, check in self._results.items()}
+        return {
+            f"telegram_api:{bot_id}": self._check(bot_id, check)
+            for bot_id, check in self._results.items()
+        }

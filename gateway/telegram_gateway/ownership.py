@@ -138,6 +138,11 @@ class Seen:
     revision: int
     _parsed: dict[str, Any] | None = None
 
+    def worker(self) -> str | None:
+        """The worker a claim names (None when deleted)."""
+        record = self.record()
+        return str(record.get("worker")) if record and record.get("worker") else None
+
     def record(self) -> dict[str, Any] | None:
         """The value as a JSON object (parsed once), None when deleted or not an object."""
         if self._parsed is None and self.value is not None:
@@ -182,6 +187,7 @@ class Ownership:
         self._named_me: set[int] = set()  # bots whose claim names this worker, as seen
         self._alive_at: dict[str, float] = {}  # when each worker's lease was last seen written
         self._dirty: set[int] = set()  # owned bots whose record changed since the last write
+        self._notes: dict[int, dict[str, Any]] = {}  # extra record fields (Ownership.note)
         self.refresh = min(RECORD_REFRESH, settings.poller_stall_after / 4)
         self.idle_refresh = idle_refresh(settings.poller_stall_after, settings.poll_timeout)
         bus.declare_bucket(
@@ -194,8 +200,28 @@ class Ownership:
                 limit_marker_ttl=MARKER_TTL,
             )
         )
+        self._instance_watchers: list[Callable[[int, str, Entry], None]] = []
+        self._change_watchers: list[Callable[[], None]] = []
         bus.watch(OWNERS_BUCKET, self._on_entry)
         bus.on_state_change(self._on_state)
+
+    def on_instance(self, callback: Callable[[int, str, Entry], None]) -> None:
+        """``callback(bot_id, host, entry)`` on the NATS loop for every ``instances.*`` key
+        (:mod:`telegram_gateway.instances`)."""
+        self._instance_watchers.append(callback)
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """``callback()`` on the NATS loop when a claim or a worker's lease changes."""
+        self._change_watchers.append(callback)
+
+    def usable(self) -> bool:
+        """This worker's lease is valid and its watch has shown the others (decisions that
+        depend on who owns what may be taken)."""
+        return (
+            self._connected_at is not None
+            and self.clock() - self._connected_at >= self.interval
+            and self.clock() < self._deadline
+        )
 
     # ---- what pollers and senders ask --------------------------------------------------
     def holds(self, bot_id: int) -> bool:
@@ -354,6 +380,7 @@ class Ownership:
     # ---- on the NATS loop ----------------------------------------------------------------
     def _on_entry(self, entry: Entry) -> None:
         now = self.clock()
+        before = self.seen.get(entry.key)
         seen = self.seen[entry.key] = Seen(now, entry.value, entry.revision)
         kind, _, name = entry.key.partition(".")
         if kind == "workers":
@@ -363,8 +390,23 @@ class Ownership:
         elif kind == "bots" and name.isdigit():
             mine = entry.value is not None and (seen.record() or {}).get("worker") == self.name
             (self._named_me.add if mine else self._named_me.discard)(int(name))
+        elif kind == "instances":
+            del self.seen[entry.key]  # (kept by the instances module)
+            bot, _, host = name.partition(".")
+            if bot.isdigit() and host:
+                for callback in self._instance_watchers:
+                    callback(int(bot), host, entry)
+            return
         if entry.value is None:
             self._poke()  # a bot is free, or a worker gone (a larger share): act now
+        if self._change_watchers and (
+            entry.value is None
+            or before is None
+            or before.value is None
+            or (kind == "bots" and (before.record() or {}).get("worker") != seen.worker())
+        ):
+            for watcher in self._change_watchers:
+                watcher()  # a key came or went, or a bot changed hands
 
     def _on_state(self, up: bool) -> None:
         self._connected_at = self.clock() if up else None
@@ -416,8 +458,20 @@ class Ownership:
     def _record(self, bot_id: int) -> dict[str, Any]:
         reporter = self._reporters.get(bot_id)
         record = dict(reporter()) if reporter else {}
+        notes = self._notes.get(bot_id)
+        if notes:
+            record.update(notes)
         record.update(worker=self.name, bot_id=bot_id)
         return record
+
+    def noted(self, bot_id: int) -> dict[str, Any]:
+        return dict(self._notes.get(bot_id) or {})
+
+    def note(self, bot_id: int, **fields: Any) -> None:
+        """Facts written with the bot's record while this worker owns it (the Bot API probe's
+        last outcome, for the workers of other hosts)."""
+        self._notes.setdefault(bot_id, {}).update(fields)
+        self.changed(bot_id)
 
     def _value(self, bot_id: int) -> bytes:
         return json.dumps(self._record(bot_id), separators=(",", ":")).encode()

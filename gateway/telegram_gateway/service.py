@@ -10,6 +10,7 @@ process around it.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from telegram_gateway import SERVICE_NAME, metrics
@@ -20,6 +21,7 @@ from telegram_gateway.consumers import ConsumerService
 from telegram_gateway.files import ReceivedFiles
 from telegram_gateway.health import BotApiProbe, Check, Component
 from telegram_gateway.idempotency import IdempotencyStore
+from telegram_gateway.instances import Instances
 from telegram_gateway.nats_api import OutboundService
 from telegram_gateway.owner_sends import OwnerSends
 from telegram_gateway.ownership import Ownership
@@ -65,6 +67,18 @@ class Gateway:
         }
         for poller in self.pollers.values():
             self.add(poller)
+        # this host's Bot API server instances: recorded before every request for a bot, and
+        # drained and closed while the bot is polled on another host
+        self.instances = Instances(
+            settings, self.bus, self.ownership, self.clients, self.router, self.files
+        )
+        self.botapi.before = self.instances.ensure
+        self.add(self.instances)
+        # the probe asks only this host's server, and only for bots polled here (a request
+        # launches an instance); the owner's record carries its outcome to the other hosts
+        self.probe.local = self.instances.polled_here
+        self.probe.remote = self.instances.owners_probe
+        self.probe.on_result = self._note_probe
         # outbound: one sender per worker behind POST /send and telegram.out.<bot>.<method>;
         # each bot's owner paces it in its memory and sends for it (the other workers hand
         # their sends to it; an upload is sent where it arrived, with the owner's slots)
@@ -90,6 +104,14 @@ class Gateway:
         self.add(ConsumerService(settings, self.bus))
         self.add(self.files)
         self.bus.on_state_change(lambda up: metrics.NATS_CONNECTED.set(1 if up else 0))
+
+    def _note_probe(self, bot_id: int, check: Check) -> None:
+        """The owner's probe outcome, in its record when it changes (not its timing)."""
+        if not self.ownership.holds(bot_id):
+            return
+        reason = re.sub(r" in \d+ ms$", "", check.reason)
+        if self.ownership.noted(bot_id) != {"api_ok": check.ok, "api_reason": reason}:
+            self.ownership.note(bot_id, api_ok=check.ok, api_reason=reason)
 
     def add(self, component: Component) -> None:
         self.components.append(component)
