@@ -153,6 +153,9 @@ ROUTES = [
 ]
 
 
+# nats_server_cluster_network of the rendered cluster node's unit
+CLUSTER_NETWORK = ["10.20.0.0/24", "fd00:20::/64"]
+
 # telegram_gateway_allowed_updates of a second rendering of the gateway's environment file
 SOME_UPDATE_TYPES = ["message", "edited_message", "callback_query"]
 
@@ -221,6 +224,13 @@ def _render_playbook(
             [
                 template(nats_conf, "nats-server.conf"),
                 template("{{ _nats_server_unit_template }}", "nats-server.service"),
+                # a node of a three-node cluster (tests/ansible/test_nats_cluster.py runs one)
+                template(
+                    "{{ _nats_server_unit_template }}",
+                    "nats-server-cluster.service",
+                    nats_server_cluster_hosts=["localhost", "nats2", "nats3"],
+                    nats_server_cluster_network=CLUSTER_NETWORK,
+                ),
                 # a second run must leave the file alone (same hashes)
                 template(nats_conf, "nats-server.conf", name="Render nats-server.conf again"),
                 # a new agents password: a new hash for that user only

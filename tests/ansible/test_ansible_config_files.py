@@ -67,6 +67,15 @@ def test_nats_config_listens_on_loopback_with_jetstream(rendered: Rendered) -> N
 
 
 @pytest.mark.integration
+def test_a_single_hosts_nats_config_has_no_cluster(rendered: Rendered) -> None:
+    """One host (the default outside a group of several): no cluster block, no route listener,
+    no server name; test_nats_cluster.py runs a cluster of three."""
+    conf = rendered.text("nats-server.conf")
+    assert not re.search(r"^\s*(cluster|server_name|routes)\b", conf, re.M)
+    assert "6222" not in conf and "nats-route" not in conf
+
+
+@pytest.mark.integration
 def test_nats_config_keeps_only_bcrypt_hashes(
     rendered: Rendered, fake_secrets: FakeSecrets
 ) -> None:

@@ -26,6 +26,7 @@ import hashlib
 import json
 import secrets
 import shutil
+import stat
 import sys
 import tarfile
 import zipapp
@@ -109,6 +110,38 @@ EMULATOR_ZIPAPP = "<emulator zipapp>"
 BAD_TOKEN = f"{secrets.randbelow(10**9) + 1}:{secrets.token_urlsafe(8)}"  # secret too short
 HIDDEN_HASH = secrets.token_hex(15) + "zz"  # 32 characters, not hexadecimal
 
+# A NATS cluster of the case's host (THIS_HOST, replaced by the case's name) and two peers:
+# hosts of the inventory that run no role, with a cluster address each (and one without).
+THIS_HOST = "<this host>"
+CLUSTER_PEERS = {
+    "cluster_peer_b": "10.20.0.12",
+    "cluster_peer_c": "10.20.0.13",
+    "cluster_peer_d": "10.20.0.14",
+    "cluster_peer_without_address": "",
+}
+# JetStream stores the `runs` fixture lays out (and removes) under /var/lib, where the role
+# wants nats_server_state_dir: one of a single server (streams, no meta group), one of a node
+# that already runs in a cluster (the same streams and the meta group)
+STORES = Path("/var/lib") / f"tgw-tests-{secrets.token_hex(4)}"
+STORE_LAYOUTS = {
+    "single": ["$G/streams/TELEGRAM/msgs", "$G/streams/KV_TELEGRAM_OWNERS/msgs"],
+    "clustered": ["$G/streams/TELEGRAM/msgs", "$SYS/_js_/_meta_/msgs"],
+}
+ROUTE_PASSWORD = secrets.token_urlsafe(24)
+SHORT_ROUTE_PASSWORD = secrets.token_urlsafe(9)  # 12 characters: refused, never shown
+
+
+def _cluster(**changes: Any) -> dict[str, Any]:
+    """Valid settings of a node of a three-node cluster, with ``changes``."""
+    return {
+        "nats_server_cluster_hosts": [THIS_HOST, "cluster_peer_b", "cluster_peer_c"],
+        "nats_server_cluster_address": "10.20.0.11",
+        "nats_server_cluster_network": ["10.20.0.0/24"],
+        "nats_server_cluster_password": ROUTE_PASSWORD,
+        **changes,
+    }
+
+
 # case: (role, changes to the valid settings, text the failure must contain or None = passes)
 CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "nats_ok": ("nats_server", {}, None),
@@ -127,6 +160,98 @@ CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
         "nats_server",
         {"nats_server_binary_src": "/nonexistent/nats-server"},
         "nats_server_binary_src",
+    ),
+    "nats_cluster_ok": ("nats_server", _cluster(), None),
+    "nats_cluster_node_with_a_dns_name": (
+        "nats_server",
+        _cluster(nats_server_cluster_address="nats1.cluster.internal"),
+        None,
+    ),
+    "nats_cluster_of_two": (
+        "nats_server",
+        _cluster(nats_server_cluster_hosts=[THIS_HOST, "cluster_peer_b"]),
+        "nats_server_cluster_hosts",
+    ),
+    "nats_cluster_without_this_host": (
+        "nats_server",
+        _cluster(nats_server_cluster_hosts=["cluster_peer_b", "cluster_peer_c", "cluster_peer_d"]),
+        "nats_server_cluster_hosts",
+    ),
+    "nats_cluster_of_unknown_hosts": (
+        "nats_server",
+        _cluster(nats_server_cluster_hosts=[THIS_HOST, "cluster_peer_b", "nats9.example.org"]),
+        "nats9.example.org",
+    ),
+    "nats_cluster_without_an_address": (
+        "nats_server",
+        _cluster(nats_server_cluster_address=""),
+        "nats_server_cluster_address",
+    ),
+    "nats_cluster_on_every_address": (
+        "nats_server",
+        _cluster(nats_server_cluster_address="0.0.0.0"),
+        "nats_server_cluster_address",
+    ),
+    "nats_cluster_peer_without_an_address": (
+        "nats_server",
+        _cluster(
+            nats_server_cluster_hosts=[THIS_HOST, "cluster_peer_b", "cluster_peer_without_address"]
+        ),
+        "peer cluster_peer_without_address has no nats_server_cluster_address",
+    ),
+    "nats_cluster_two_nodes_one_address": (
+        "nats_server",
+        _cluster(nats_server_cluster_address="10.20.0.12"),
+        "the same nats_server_cluster_address",
+    ),
+    "nats_cluster_without_a_password": (
+        "nats_server",
+        _cluster(nats_server_cluster_password=""),
+        "nats_server_cluster_password",
+    ),
+    "nats_cluster_short_password": (
+        "nats_server",
+        _cluster(nats_server_cluster_password=SHORT_ROUTE_PASSWORD),
+        "nats_server_cluster_password",
+    ),
+    "nats_cluster_without_a_network": (
+        "nats_server",
+        _cluster(nats_server_cluster_network=[]),
+        "nats_server_cluster_network",
+    ),
+    "nats_cluster_network_not_a_cidr": (
+        "nats_server",
+        _cluster(nats_server_cluster_network=["10.20.0.0/33"]),
+        "nats_server_cluster_network",
+    ),
+    "nats_cluster_address_outside_the_network": (
+        "nats_server",
+        _cluster(nats_server_cluster_network=["10.20.0.0/29"]),
+        "outside: 10.20.0.11, 10.20.0.12, 10.20.0.13",
+    ),
+    "nats_cluster_some_tls_files": (
+        "nats_server",
+        _cluster(nats_server_cluster_tls_ca_src="/etc/ssl/certs/ca-certificates.crt"),
+        "nats_server_cluster_tls_cert_src",
+    ),
+    "nats_cluster_missing_tls_files": (
+        "nats_server",
+        _cluster(
+            nats_server_cluster_tls_ca_src="/nonexistent/ca.crt",
+            nats_server_cluster_tls_cert_src="/nonexistent/node.crt",
+            nats_server_cluster_tls_key_src="/nonexistent/node.key",
+        ),
+        "nats_server_cluster_tls_cert_src",
+    ),
+    "nats_cluster_over_a_single_servers_store": (
+        "nats_server",
+        _cluster(nats_server_state_dir=str(STORES / "single")),
+        "holds the streams of a single nats-server",
+    ),
+    "nats_cluster_over_a_clustered_store": (
+        "nats_server",
+        _cluster(nats_server_state_dir=str(STORES / "clustered")),
+        None,
     ),
     "botapi_url_ok": (
         "telegram_bot_api",
@@ -318,10 +443,17 @@ def _failure(report: dict[str, Any], host: str) -> str | None:
 
 
 class Runs:
-    def __init__(self, reports: list[dict[str, Any]], outputs: list[str], secrets: list[str]):
+    def __init__(
+        self,
+        reports: list[dict[str, Any]],
+        outputs: list[str],
+        secrets: list[str],
+        cluster_ca: Path,
+    ):
         self.reports = reports
         self.outputs = outputs
         self.secrets = secrets
+        self.cluster_ca = cluster_ca
 
 
 @pytest.fixture(scope="module")
@@ -355,6 +487,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         hosts[case] = {"case_role": role, "case_tasks": "preflight.yml", **_valid(role), **changes}
         if hosts[case].get("telegram_bot_api_binary_src") == EMULATOR_ZIPAPP:
             hosts[case]["telegram_bot_api_binary_src"] = str(emulator)
+        if "nats_server_cluster_hosts" in hosts[case]:
+            hosts[case]["nats_server_cluster_hosts"] = [
+                case if name == THIS_HOST else name
+                for name in hosts[case]["nats_server_cluster_hosts"]
+            ]
+    # the other nodes of the cases' clusters: inventory hosts that run no role
+    for name, address in CLUSTER_PEERS.items():
+        hosts[name] = {"case_role": "nats_server", "case_tasks": "none"}
+        if address:
+            hosts[name]["nats_server_cluster_address"] = address
     hosts["check_nats"] = {
         "case_role": "nats_server",
         "case_tasks": "main.yml",
@@ -363,6 +505,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         "nats_server_binary_url": archive.as_uri(),
         "nats_server_binary_checksum": f"sha256:{checksum}",
         "nats_server_local_cache_path": str(tmp / "cache"),
+    }
+    # a node of a three-node cluster: the role issues its route certificate from a CA it
+    # creates on the controller (for real, like the release cache), the rest is dry-run
+    hosts["check_nats_cluster"] = {
+        "case_role": "nats_server",
+        "case_tasks": "main.yml",
+        **_valid("nats_server"),
+        **_cluster(nats_server_cluster_hosts=["check_nats_cluster", *list(CLUSTER_PEERS)[:2]]),
+        "nats_server_cluster_ca_dir": str(tmp / "cluster-ca"),
     }
     hosts["check_botapi"] = {
         "case_role": "telegram_bot_api",
@@ -377,29 +528,42 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 
     command = [tool("ansible-playbook"), "-i", "inventory.yml", "roles.yml", "--check", "--diff"]
     reports, outputs = [], []
-    # the second run repeats only the nats-server download and unpacking (install phase)
-    for extra in (["--forks", "50"], ["--limit", "check_nats", "--tags", "nats_server_install"]):
-        result = run(
-            command + extra,
-            cwd=tmp,
-            env=ansible_env(
-                ANSIBLE_ROLES_PATH=str(ROLES_DIR),
-                ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-                **fake_facts_env,
-            ),
-            timeout=300,
-        )
-        start = result.stdout.find("{")
-        assert start >= 0, result.stdout + result.stderr
-        reports.append(json.loads(result.stdout[start:]))
-        outputs.append(result.stdout + result.stderr)
+    for layout, directories in STORE_LAYOUTS.items():
+        for directory in directories:
+            (STORES / layout / "jetstream" / directory).mkdir(parents=True)
+    try:
+        # the second run repeats only the nats-server download and unpacking (install phase)
+        for extra in (
+            ["--forks", "50"],
+            ["--limit", "check_nats", "--tags", "nats_server_install"],
+        ):
+            result = run(
+                command + extra,
+                cwd=tmp,
+                env=ansible_env(
+                    ANSIBLE_ROLES_PATH=str(ROLES_DIR),
+                    ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+                    **fake_facts_env,
+                ),
+                timeout=300,
+            )
+            start = result.stdout.find("{")
+            assert start >= 0, result.stdout + result.stderr
+            reports.append(json.loads(result.stdout[start:]))
+            outputs.append(result.stdout + result.stderr)
+    finally:
+        shutil.rmtree(STORES)
     assert {path: path.exists() for path in TOUCHED} == before, "check mode changed this machine"
-    watched = [BAD_TOKEN, BAD_TOKEN.split(":")[1], HIDDEN_HASH]
-    for name in ("check_nats", "check_botapi"):
+    watched = [BAD_TOKEN, BAD_TOKEN.split(":")[1], HIDDEN_HASH, SHORT_ROUTE_PASSWORD]
+    for name in ("check_nats", "check_nats_cluster", "check_botapi"):
         watched += [
             value for key, value in hosts[name].items() if key.endswith(("_password", "_api_hash"))
         ]
-    return Runs(reports, outputs, watched)
+    # the route keys the role issued on the controller: whole, and their private first line
+    keys = [key.read_text() for key in (tmp / "cluster-ca").rglob("*.key")]
+    assert len(keys) == 2, "the CA's key and the node's"
+    watched += [*keys, *(key.splitlines()[1] for key in keys)]
+    return Runs(reports, outputs, watched, tmp / "cluster-ca")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -426,6 +590,31 @@ def test_check_mode_on_a_fresh_host_succeeds_and_shows_the_changes(runs: Runs, h
     role = "nats-server" if host == "check_nats" else "telegram-bot-api"
     assert results[f"Ensure {role} is enabled and running"].get("skipped")
     assert results[f"Restart {role}"].get("skipped")
+
+
+def test_check_mode_on_a_fresh_cluster_node_shows_its_route_tls_without_secrets(
+    runs: Runs,
+) -> None:
+    """The route certificates are issued on the controller even in check mode (it shows what
+    it would copy); the node's key is installed without output, the configuration (its route
+    URLs carry the password) without a diff."""
+    report = runs.reports[0]
+    host = "check_nats_cluster"
+    stats = report["stats"][host]
+    assert stats["failures"] == 0 and stats["unreachable"] == 0, _failure(report, host)
+    results = dict(_results(report, host))
+    for name in (
+        "Install the route CA and node certificates",
+        "Install the node's route key",
+        "Write the nats-server configuration (validated by nats-server -t)",
+    ):
+        assert results[name].get("changed"), name
+    assert results["Install the node's route key"].get("censored")
+    task = "Write the nats-server configuration (validated by nats-server -t)"
+    assert not results[task].get("diff"), "the route password in a diff"
+    assert dict(_results(report, "check_nats"))[task].get("diff"), "a single host shows its diff"
+    assert stat.S_IMODE((runs.cluster_ca / "ca.key").stat().st_mode) == 0o600
+    assert (runs.cluster_ca / "nodes" / "check_nats_cluster.crt").is_file()
 
 
 def test_url_mode_fetches_and_unpacks_on_the_controller_once(runs: Runs) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROLES_DIR, SYSTEMD_DIR, FakeSecrets, Rendered
+from conftest import CLUSTER_NETWORK, ROLES_DIR, SYSTEMD_DIR, FakeSecrets, Rendered
 
 # integration: rendered by ansible-playbook (the `rendered` fixture), checked by systemd-analyze
 
@@ -19,8 +19,15 @@ SERVICES = {
     "telegram-bot-api.service": 3.0,
     "telegram-gateway.service": 2.0,
 }
-# every service unit the roles ship, with its bound (the oneshot restart helper included)
-EXPOSURE = {**SERVICES, "telegram-bot-api-restart.service": 2.0}
+# every service unit the roles ship, with its bound (the oneshot restart helper and a cluster
+# node's nats-server included)
+EXPOSURE = {
+    **SERVICES,
+    "telegram-bot-api-restart.service": 2.0,
+    "nats-server-cluster.service": 2.0,
+}
+# renderings of a unit template with other settings
+VARIANTS = ("-stats", "-cluster")
 ALL_UNITS = [
     *EXPOSURE,
     "telegram-bot-api-stats.service",
@@ -140,6 +147,30 @@ def test_unit_has_the_hardening_block(rendered: Rendered, unit: str) -> None:
 def test_services_without_egress_are_confined_to_localhost(rendered: Rendered, unit: str) -> None:
     text = lines(rendered.text(unit))
     assert "IPAddressDeny=any" in text and "IPAddressAllow=localhost" in text
+
+
+@pytest.mark.integration
+def test_a_cluster_nodes_nats_unit_also_reaches_the_cluster_network(rendered: Rendered) -> None:
+    """With clustering on, nats-server may reach the other nodes (the cluster network) and
+    localhost, nothing else; it starts once the network is online (it listens on a private
+    address). Otherwise the unit is the single host's."""
+    single = rendered.text("nats-server.service").splitlines()
+    cluster = rendered.text("nats-server-cluster.service").splitlines()
+    allow = [line for line in cluster if line.startswith("IPAddress")]
+    assert allow == ["IPAddressDeny=any", "IPAddressAllow=localhost " + " ".join(CLUSTER_NETWORK)]
+    assert [line for line in single if line.startswith("IPAddress")] == [
+        "IPAddressDeny=any",
+        "IPAddressAllow=localhost",
+    ]
+    assert "After=network-online.target" in cluster and "Wants=network-online.target" in cluster
+    assert "After=network.target" in single and not any("online" in line for line in single)
+    changed = {line for line in set(cluster) ^ set(single) if not line.startswith("#")}
+    assert {line.split("=", 1)[0] for line in changed} == {
+        "Description",
+        "After",
+        "Wants",
+        "IPAddressAllow",
+    }, changed
 
 
 @pytest.mark.integration
@@ -284,7 +315,9 @@ def test_gateway_unit_runs_gunicorn_from_opt(rendered: Rendered) -> None:
 def test_units_have_one_source_of_truth() -> None:
     """The roles render systemd/*.j2 of the repository and keep no unit templates of their own."""
     templates = {path.name for path in SYSTEMD_DIR.glob("*.j2")}
-    assert templates == {f"{unit}.j2" for unit in ALL_UNITS if "-stats" not in unit}
+    assert templates == {
+        f"{unit}.j2" for unit in ALL_UNITS if not any(variant in unit for variant in VARIANTS)
+    }
     for role_templates in ROLES_DIR.glob("*/templates"):
         own = [p.name for p in role_templates.iterdir() if re.search(r"\.(service|timer)", p.name)]
         assert not own, f"{role_templates}: unit templates belong in systemd/: {own}"
