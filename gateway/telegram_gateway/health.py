@@ -82,9 +82,8 @@ class BotApiProbe:
         self.interval = interval
         self.timeout = timeout
         self.local, self.remote, self.on_result = local, remote, on_result
-        self._results: dict[int, Check] = {
-            c.bot.bot_id: Check(False, "not probed yet") for c in clients
-        }
+        self._unprobed = Check(False, "not probed yet")
+        self._results: dict[int, Check] = {c.bot.bot_id: self._unprobed for c in clients}
         self._skipped: set[int] = set()  # bots passed over while not local
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,19 +108,26 @@ class BotApiProbe:
         by_id = {client.bot.bot_id: client for client in self.clients}
         while True:
             probed = False
+            self._probe_newly_local(by_id)
             for client in self.clients:
                 if not self.local(client.bot.bot_id):
                     self._skipped.add(client.bot.bot_id)
                     continue
                 if self._stop.wait(pause):
                     return
+                self._probe_newly_local(by_id)  # (once per pause: cheap)
                 self._probe(client)
                 probed = True
-                for bot_id in [b for b in self._skipped if self.local(b)]:
-                    self._skipped.discard(bot_id)  # polled here now: probed at once
-                    self._probe(by_id[bot_id])
-            if not probed and self._stop.wait(min(pause, 1.0)):
+            # nothing polled here yet (a worker starting): look again soon
+            if not probed and self._stop.wait(min(pause, 0.25 if self._skipped else 1.0)):
                 return
+
+    def _probe_newly_local(self, by_id: dict[int, BotApiClient]) -> None:
+        """Bots passed over that are polled on this host now: probed at once (a worker that
+        took a bot reports its Bot API check within moments, not after a whole period)."""
+        for bot_id in [b for b in self._skipped if self.local(b)]:
+            self._skipped.discard(bot_id)
+            self._probe(by_id[bot_id])
 
     def probe_once(self) -> None:
         for client in self.clients:
@@ -146,10 +152,14 @@ class BotApiProbe:
         self.on_result(bot_id, check)
 
     def _check(self, bot_id: int, own: Check) -> Check:
-        if self.local(bot_id):
+        if self.local(bot_id) and own is not self._unprobed:
             return own
-        return self.remote(bot_id) or Check(
-            False, "not probed yet (probed on the host whose gateway polls the bot)"
+        # polled on another host, or here but not probed by this worker yet: what the
+        # owner found (its record)
+        return self.remote(bot_id) or (
+            own
+            if self.local(bot_id)
+            else Check(False, "not probed yet (probed on the host whose gateway polls the bot)")
         )
 
     @property

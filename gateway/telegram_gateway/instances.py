@@ -220,10 +220,16 @@ class Instances:
     def owners_probe(self, bot_id: int) -> Check | None:
         """What the Bot API probe on the owner's host last found (from the owner's record)."""
         record, _ = self.ownership.record(bot_id)
-        if not record or "api_ok" not in record:
+        if not record:
             return None
         where = host_of(str(record.get("worker", "?")))
-        return Check(bool(record["api_ok"]), f"{record.get('api_reason', '')} (on host {where})")
+        if "api_ok" in record:
+            reason = f"{record.get('api_reason', '')} (on host {where})"
+            return Check(bool(record["api_ok"]), reason)
+        state = record.get("state")
+        if state in ("starting", "polling"):  # its probe comes a moment after it took the bot
+            return Check(True, f"not probed yet by its owner, which is {state} (on host {where})")
+        return None
 
     def needs_drain(self, bot_id: int) -> bool:
         """This worker should drain the bot's instance on this host: it is named for it, and

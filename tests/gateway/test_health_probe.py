@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from telegram_gateway.errors import BotApiUnreachable
-from telegram_gateway.health import PROBES_PER_SECOND, BotApiProbe
+from telegram_gateway.health import PROBES_PER_SECOND, BotApiProbe, Check
 
 pytestmark = pytest.mark.unit
 
@@ -83,3 +83,45 @@ def test_a_failing_bot_is_reported_with_its_reason():
     assert not checks["telegram_api:2"].ok
     assert "connection refused" in checks["telegram_api:2"].reason
     assert not probe.ok
+
+
+def test_only_bots_polled_on_this_host_are_probed_and_a_new_one_at_once():
+    """A request launches the Bot API server's instance of a bot: the probe asks its own
+    host's server only for bots polled there, reports the owner's outcome for the others,
+    and probes a bot that becomes polled here at once, not a whole period later."""
+    calls: list[int] = []
+    local = {1}
+    remote = {2: Check(True, "getMe ok as @bot2 (on host b)")}
+    probe = BotApiProbe(
+        [FakeClient(i, calls) for i in (1, 2, 3)],
+        interval=300.0,
+        timeout=1.0,
+        local=lambda bot: bot in local,
+        remote=remote.get,
+    )
+    probe.probe_once()
+    assert calls == [1]
+    checks = probe.checks()
+    assert checks["telegram_api:1"].ok
+    assert checks["telegram_api:2"].reason == "getMe ok as @bot2 (on host b)"
+    assert not checks["telegram_api:3"].ok and "not probed yet" in checks["telegram_api:3"].reason
+    stop = CountingStop(2)
+    probe._stop = stop  # type: ignore[assignment]
+    local.add(3)  # bot 3 moves to this host while the probe waits out its long pause
+    probe._skipped.add(3)
+    probe._run()
+    assert calls[:3] == [1, 3, 1]  # bot 3 first, without waiting 100 s
+    assert probe.checks()["telegram_api:3"].ok
+
+
+def test_a_worker_that_has_not_probed_a_bot_yet_shows_the_owners_outcome():
+    """Another worker of the owner's host starts probing a bot a moment later than its
+    owner: until then its /healthz shows the owner's result instead of "not probed yet"."""
+    calls: list[int] = []
+    owner = {1: Check(True, "getMe ok as @bot1 (on host a)")}
+    probe = BotApiProbe(
+        [FakeClient(1, calls)], interval=5.0, timeout=1.0, local=lambda bot: True, remote=owner.get
+    )
+    assert probe.checks()["telegram_api:1"].reason == "getMe ok as @bot1 (on host a)"
+    probe.probe_once()
+    assert probe.checks()["telegram_api:1"].reason.startswith("getMe ok as @bot1 in ")

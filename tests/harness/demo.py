@@ -39,7 +39,8 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     # no NATS password, so that the nats commands shown below work as printed
     # TELEGRAM_API_DIR: the emulator's --dir, where it keeps received files as the server does
-    env = {"TELEGRAM_API_DIR": str(work / "emulator")}
+    # GATEWAY_HOST_NAME empty: this machine's host name (in each update's Nats-Msg-Id)
+    env = {"TELEGRAM_API_DIR": str(work / "emulator"), "GATEWAY_HOST_NAME": ""}
     with Stack(work, {BOT_ID: "demo"}, nats_auth=False, env=env) as stack:
         emulator, gateway = stack.emulator, stack.gateway
         print(
