@@ -145,10 +145,16 @@ def test_bots_spread_over_hosts_each_polled_and_sent_through_its_owner(hosts: Ho
                 timeout=30,
             )
             assert status == 200, answer
+    # ... and so do NATS requests, whichever host's worker the queue group hands them to
+    for bot in BOTS:
+        for i in range(3):
+            params = {"chat_id": CHAT, "text": f"nats {i}"}
+            reply = hosts.stack.request(f"telegram.out.{bot}.sendMessage", params, timeout=30)
+            assert reply.get("ok") is True, reply
     for bot in BOTS:
         for host, emulator in hosts.emulators.items():
             texts = [r["result"].get("text") for r in emulator.sent(bot, chat_id=CHAT)]
-            assert len(texts) == (2 if host == owners[bot] else 0), (bot, host, texts)
+            assert len(texts) == (2 + 3 if host == owners[bot] else 0), (bot, host, texts)
 
 
 def test_a_host_that_dies_is_replaced_and_its_server_drained_when_it_returns(
