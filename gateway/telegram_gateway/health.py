@@ -152,13 +152,14 @@ class BotApiProbe:
         self.on_result(bot_id, check)
 
     def _check(self, bot_id: int, own: Check) -> Check:
-        if self.local(bot_id) and own is not self._unprobed:
+        local = self.local(bot_id)
+        if local and own is not self._unprobed:
             return own
         # polled on another host, or here but not probed by this worker yet: what the
         # owner found (its record)
         return self.remote(bot_id) or (
             own
-            if self.local(bot_id)
+            if local
             else Check(False, "not probed yet (probed on the host whose gateway polls the bot)")
         )
 

@@ -379,10 +379,16 @@ class Ownership:
 
     # ---- on the NATS loop ----------------------------------------------------------------
     def _on_entry(self, entry: Entry) -> None:
+        kind, _, name = entry.key.partition(".")
+        if kind == "instances":  # kept by the instances module, not here
+            bot, _, host = name.partition(".")
+            if bot.isdigit() and host:
+                for callback in self._instance_watchers:
+                    callback(int(bot), host, entry)
+            return
         now = self.clock()
         before = self.seen.get(entry.key)
         seen = self.seen[entry.key] = Seen(now, entry.value, entry.revision)
-        kind, _, name = entry.key.partition(".")
         if kind == "workers":
             self._workers[name] = seen
             if entry.value is not None:
@@ -390,13 +396,6 @@ class Ownership:
         elif kind == "bots" and name.isdigit():
             mine = entry.value is not None and (seen.record() or {}).get("worker") == self.name
             (self._named_me.add if mine else self._named_me.discard)(int(name))
-        elif kind == "instances":
-            del self.seen[entry.key]  # (kept by the instances module)
-            bot, _, host = name.partition(".")
-            if bot.isdigit() and host:
-                for callback in self._instance_watchers:
-                    callback(int(bot), host, entry)
-            return
         if entry.value is None:
             self._poke()  # a bot is free, or a worker gone (a larger share): act now
         if self._change_watchers and (
