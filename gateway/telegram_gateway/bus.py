@@ -92,6 +92,10 @@ PUBLISH_ATTEMPTS = 5
 FILES_BUCKET = "TELEGRAM_FILES"
 #: seconds between two attempts at most to create or update what failed at connect
 REPAIR_MAX = 10.0
+#: idle heartbeat of a Key-Value watch's ordered consumer, seconds: nats-py re-creates the
+#: consumer after two missed ones. Its default (5 s) leaves a watch whose consumer lived on a
+#: lost cluster node blind for 10 s or more, and a lease watch must notice a dead worker sooner
+WATCH_HEARTBEAT = 1.0
 
 
 @dataclass(frozen=True)
@@ -229,7 +233,7 @@ class Bus:
         self._buckets: dict[str, KeyValueConfig] = {}  # Key-Value buckets the gateway keeps
         self._kv: dict[str, KeyValue] = {}  # bound on each connection
         self._watchers: list[tuple[str, Watcher]] = []
-        self._watches: list[Any] = []
+        self._watches: dict[str, Any] = {}  # bucket -> its watch's subscription
         self._state_listeners: list[Callable[[bool], None]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -360,8 +364,18 @@ class Bus:
     def watch(self, bucket: str, callback: Watcher) -> None:
         """Call ``callback(entry)`` on the NATS loop for every key of ``bucket`` as it is now
         and as it changes (deletions and expiries included: ``entry.value`` is None). Started
-        on every (re)connect with the current values first. Register before :meth:`start`."""
+        on every (re)connect with the current values first. Register before :meth:`start`; one
+        watcher per bucket."""
+        if bucket in dict(self._watchers):
+            raise ValueError(f"Key-Value bucket {bucket} has a watcher already")
         self._watchers.append((bucket, callback))
+
+    def rewatch(self, bucket: str) -> None:
+        """Watch ``bucket`` again, from its current values: for a watcher whose watch has
+        stopped delivering (its consumer lived on a cluster node that is gone, and nats-py
+        could not re-create it)."""
+        if bucket in dict(self._watchers):
+            self.call_soon(lambda: self.spawn(self._start_watches(bucket)))
 
     def kv_get(self, bucket: str, key: str, timeout: float | None = None) -> Entry | None:
         """The key's entry; None when it does not exist or is deleted."""
@@ -852,17 +866,20 @@ class Bus:
                     f"cannot create or update Key-Value bucket {name}: {exc}{self._replicas_hint()}"
                 )
 
-    async def _start_watches(self) -> None:
-        for watch in self._watches:
-            with contextlib.suppress(Exception):
-                await watch.unsubscribe()
-        self._watches = []
+    async def _start_watches(self, only: str | None = None) -> None:
+        """(Re)start the watches: all of them, or ``only`` that bucket's."""
         for bucket, callback in self._watchers:
+            if only is not None and bucket != only:
+                continue
+            watch = self._watches.pop(bucket, None)
+            if watch is not None:
+                with contextlib.suppress(Exception):
+                    await watch.unsubscribe()
             kv = self._kv.get(bucket)
             if kv is None:
                 continue
             try:
-                self._watches.append(await self._watch(bucket, kv, callback))
+                self._watches[bucket] = await self._watch(bucket, kv, callback)
             except Exception as exc:
                 self._note_error(f"cannot watch Key-Value bucket {bucket}: {exc}")
 
@@ -896,6 +913,7 @@ class Bus:
             f"{prefix}>",
             cb=on_message,
             ordered_consumer=True,
+            idle_heartbeat=WATCH_HEARTBEAT,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             stream=f"KV_{bucket}",
         )
@@ -1053,10 +1071,10 @@ class Bus:
         self._connected = False
         if nc is None or nc.is_closed:
             return
-        for watch in self._watches:
+        for watch in self._watches.values():
             with contextlib.suppress(Exception):
                 await watch.unsubscribe()
-        self._watches = []
+        self._watches = {}
         try:
             await asyncio.wait_for(nc.drain(), 3)
         except Exception:

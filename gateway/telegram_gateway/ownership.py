@@ -188,6 +188,11 @@ class Ownership:
         self._alive_at: dict[str, float] = {}  # when each worker's lease was last seen written
         self._dirty: set[int] = set()  # owned bots whose record changed since the last write
         self._notes: dict[int, dict[str, Any]] = {}  # extra record fields (Ownership.note)
+        # the oldest renewal of this worker's lease that the watch has not shown yet (its
+        # revision, when it was written) and when the watch was last started again for lagging
+        self._echo_wanted = 0
+        self._echo_since = 0.0
+        self._rewatched_at = -math.inf
         self.refresh = min(RECORD_REFRESH, settings.poller_stall_after / 4)
         self.idle_refresh = idle_refresh(settings.poller_stall_after, settings.poll_timeout)
         bus.declare_bucket(
@@ -345,6 +350,18 @@ class Ownership:
         seen = self._workers.get(name)
         return seen is not None and seen.value is not None
 
+    def _renewing(self, name: str) -> bool:
+        """Whether the worker's lease was seen renewed lately. A watch that went blind (its
+        consumer lived on a cluster node that died) shows no expiry: a lease not seen renewed
+        for a TTL and a round is read from the bucket before its bots are taken
+        (:meth:`_gone`)."""
+        seen = self._workers.get(name)
+        return (
+            seen is not None
+            and seen.value is not None
+            and self.clock() - seen.at < self.ttl + self.interval
+        )
+
     def live_workers(self) -> list[str]:
         now = self.clock()
         names = {
@@ -393,6 +410,8 @@ class Ownership:
             self._workers[name] = seen
             if entry.value is not None:
                 self._alive_at[name] = now
+                if name == self.name and entry.revision >= self._echo_wanted:
+                    self._echo_wanted = 0  # the watch delivers
         elif kind == "bots" and name.isdigit():
             mine = entry.value is not None and (seen.record() or {}).get("worker") == self.name
             (self._named_me.add if mine else self._named_me.discard)(int(name))
@@ -409,6 +428,7 @@ class Ownership:
 
     def _on_state(self, up: bool) -> None:
         self._connected_at = self.clock() if up else None
+        self._echo_wanted = 0
         self._poke()
 
     def _poke(self) -> None:
@@ -439,6 +459,7 @@ class Ownership:
             return
         if full:
             await self._renew_worker()
+            self._check_watch()
         if self._dirty:
             dirty, self._dirty = self._dirty, set()
             changed = [(bot, self.leases[bot]) for bot in sorted(dirty) if bot in self.leases]
@@ -521,11 +542,33 @@ class Ownership:
                 logger.warning("cannot renew the lease of worker %s: %s", self.name, exc)
             return
         self._worker_revision = revision
+        if not self._echo_wanted:
+            self._echo_wanted, self._echo_since = revision, sent
         was_valid = self.clock() < self._deadline
         self._deadline = sent + self.ttl - LEASE_MARGIN
         if not was_valid:
             for bot_id in self.leases:
                 self._changed[bot_id].set()  # usable again: wake its poller
+
+    def _check_watch(self) -> None:
+        """This worker's own renewals come back through its watch within moments. When one has
+        not for a lease's TTL, the watch is blind (nats-py re-creates a lost ordered consumer,
+        but that can fail while the cluster reassigns it): watch the bucket again."""
+        now = self.clock()
+        if not self._echo_wanted or now - self._echo_since < self.ttl:
+            return
+        if now - self._rewatched_at < self.ttl:
+            return
+        logger.warning(
+            "worker %s: the watch of %s has not shown this worker's lease renewed %.1f s ago; "
+            "watching the bucket again",
+            self.name,
+            OWNERS_BUCKET,
+            now - self._echo_since,
+        )
+        self._rewatched_at = now
+        self._echo_wanted = 0  # the next renewal is the next proof
+        self.bus.rewatch(OWNERS_BUCKET)
 
     def _lost_lease(self) -> None:
         """This worker's lease expired (it was not renewed in time): another worker may own
@@ -552,7 +595,7 @@ class Ownership:
         if seen is None or seen.value is None:
             return 0
         worker = str((seen.record() or {}).get("worker", ""))
-        if worker != self.name and self.alive(worker):
+        if worker != self.name and self._renewing(worker):
             return None
         if worker == self.name and self._letting_go.get(bot_id) == seen.revision:
             return None  # released a moment ago; the watch has not shown the deletion yet

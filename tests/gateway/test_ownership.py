@@ -166,6 +166,44 @@ def test_a_crashed_owner_is_replaced_within_the_lease_time(server, tmp_path):
         workers[1].stop()
 
 
+def blind(worker: Worker) -> None:
+    """Stop the worker's watch without telling nats-py (as when the consumer behind it lived on
+    a cluster node that died and could not be re-created): nothing more reaches the worker."""
+
+    async def unsubscribe() -> None:
+        await worker.bus._watches[OWNERS_BUCKET].unsubscribe()
+
+    worker.bus.run(unsubscribe(), 5)
+
+
+def test_a_blind_watch_is_started_again_and_a_crashed_owner_still_replaced(
+    server, tmp_path, caplog
+):
+    """A survivor whose watch went blind sees no lease expire: its own renewals that do not
+    come back make it watch the bucket again, and a lease it has not seen renewed is read
+    from the bucket before its bots are taken."""
+    workers = [Worker(server, tmp_path, f"w{n}").start() for n in range(2)]
+    try:
+        wait_until(lambda: [len(w.owned()) for w in workers] == [2, 2], 15, "two each")
+        victim, survivor = workers
+        orphans = victim.owned()
+        blind(survivor)
+        victim.crash()
+        crashed = time.monotonic()
+        with caplog.at_level("WARNING", logger="telegram_gateway.ownership"):
+            wait_until(lambda: orphans <= survivor.owned(), 15, "the survivor owns every bot")
+        took = time.monotonic() - crashed
+        assert "watching the bucket again" in caplog.text
+        assert took < 3 + 3 + 1 + 1, f"takeover took {took:.1f} s"  # lease, lag, round, slack
+        # the watch delivers again: another worker's lease is seen
+        newcomer = Worker(server, tmp_path, "w2").start()
+        workers.append(newcomer)
+        wait_until(lambda: survivor.ownership.alive("w2"), 10, "the survivor sees w2")
+    finally:
+        for worker in workers[1:]:
+            worker.stop()
+
+
 def test_a_lease_that_cannot_be_renewed_runs_out_for_its_owner(server, tmp_path):
     worker = Worker(server, tmp_path, "alone").start()
     try:

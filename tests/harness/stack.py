@@ -63,9 +63,12 @@ class Stack:
         nats_auth: bool = True,
         emulator_args: Iterable[str] = (),
         emulator_verbosity: int = 3,
+        nats: NatsServer | None = None,
     ) -> None:
         """``bots``: bot ids, or bot id -> the name the gateway knows it by (None: no name).
-        ``chats``: emulator chat specs (``{"id": …, "type": …}``) registered for every bot."""
+        ``chats``: emulator chat specs (``{"id": …, "type": …}``) registered for every bot.
+        ``nats``: a nats-server the caller started and stops (a cluster's node; no
+        authentication), instead of the stack's own."""
         self.root = root
         names = dict(bots) if isinstance(bots, Mapping) else dict.fromkeys(bots)
         self.names: dict[int, str | None] = names
@@ -76,9 +79,10 @@ class Stack:
         self.pacing = pacing
         self.env = dict(env or {})
         self.api_token = secrets.token_urlsafe(24)
-        self.nats_password = secrets.token_urlsafe(18) if nats_auth else None
+        self.own_nats = nats is None
+        self.nats_password = secrets.token_urlsafe(18) if nats_auth and nats is None else None
         users = {NATS_USER: self.nats_password} if self.nats_password else None
-        self.nats = NatsServer(root / "nats", users=users)
+        self.nats = NatsServer(root / "nats", users=users) if nats is None else nats
         self.emulator = EmulatorProcess(
             root / "emulator",
             bots=list(self.tokens.values()),
@@ -91,7 +95,8 @@ class Stack:
     # ---- life cycle ------------------------------------------------------------------------
     def __enter__(self) -> Stack:
         try:
-            self.nats.start()
+            if self.own_nats:
+                self.nats.start()
             self.emulator.start()
             if self.chats:
                 for bot_id in self.tokens:
@@ -112,7 +117,8 @@ class Stack:
             for gateway in self.gateways:
                 gateway.stop()
             self.emulator.stop()
-            self.nats.stop()
+            if self.own_nats:
+                self.nats.stop()
 
     def settings(self, bots: Iterable[int] | None = None, **env: str) -> dict[str, str]:
         """The gateway's environment for ``bots`` (default: all) with ``env`` on top."""

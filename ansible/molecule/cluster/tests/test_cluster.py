@@ -162,11 +162,24 @@ def docker(*args: str) -> None:
     subprocess.run(["docker", *args], check=True, capture_output=True, timeout=120)
 
 
+#: nats-server replaces a lost Raft leader after 4-9 s (minElectionTimeoutDefault and
+#: maxElectionTimeoutDefault in server/raft.go) and a campaign of at most 0.8 s
+NATS_ELECTION_MAX = 9.8
+#: the gateway's lease TTL (the role's default)
+LEASE_TTL = 3.0
+
+
 def test_a_host_killed_and_back_loses_and_doubles_nothing(node):
     hosts = owners(node)
     bot = min(int(b) for b, h in hosts.items() if h)
     victim = hosts[str(bot)]
     survivor = next(n for n in NODES if n != victim)
+    # another host polls within 10 s, unless the dead host's nats-server led a Raft group the
+    # failover writes through (the owners' bucket, the stream, the meta group that places the
+    # watches' consumers): then nothing is written until NATS has elected another leader
+    leaders = {name: facts["leader"] for name, facts in node(survivor, "stream_info").items()}
+    led = sorted(name for name, leader in leaders.items() if leader == victim)
+    bound = NATS_ELECTION_MAX + LEASE_TTL if led else 10.0
     start = node(survivor, "last_seq")["last_seq"] + 1
     want: list[str] = []
 
@@ -227,13 +240,14 @@ def test_a_host_killed_and_back_loses_and_doubles_nothing(node):
         assert set(new_want) <= set(stored), (new_want, sorted(stored))
         first_stored = stored[new_want[0]] - killed_at
         print(
-            f"\nFAILOVER killed {victim} (owner of bot {bot}); {new_owner} owned it "
+            f"\nFAILOVER killed {victim} (owner of bot {bot}; Raft leader of "
+            f"{', '.join(led) or 'nothing'}); {new_owner} owned it "
             f"{moved['seconds']:.2f} s after the kill; an update injected there "
             f"{moved['injected_at']:.2f} s after the kill was in the stream "
             f"{first_stored:.2f} s after the kill"
         )
-        assert moved["seconds"] < 10, moved
-        assert first_stored < 10, first_stored
+        assert moved["seconds"] < bound, (moved, led)
+        assert first_stored < bound, (first_stored, led)
         want += new_want
         state_2of3 = node(survivor, "stream_info")["TELEGRAM"]
         print(
