@@ -234,6 +234,7 @@ class Bus:
         self._kv: dict[str, KeyValue] = {}  # bound on each connection
         self._watchers: list[tuple[str, Watcher]] = []
         self._watches: dict[str, Any] = {}  # bucket -> its watch's subscription
+        self._watch_lock: asyncio.Lock | None = None  # (created on the NATS loop)
         self._state_listeners: list[Callable[[bool], None]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -246,6 +247,7 @@ class Bus:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             self._loop = loop
+            self._watch_lock = None  # (an asyncio lock belongs to one loop)
             ready.set()
             self._connector = loop.create_task(self._connect_forever())
             try:
@@ -867,7 +869,14 @@ class Bus:
                 )
 
     async def _start_watches(self, only: str | None = None) -> None:
-        """(Re)start the watches: all of them, or ``only`` that bucket's."""
+        """(Re)start the watches: all of them, or ``only`` that bucket's (one at a time: a
+        reconnect and a :meth:`rewatch` together must not leave two watches of a bucket)."""
+        if self._watch_lock is None:
+            self._watch_lock = asyncio.Lock()
+        async with self._watch_lock:
+            await self._restart_watches(only)
+
+    async def _restart_watches(self, only: str | None) -> None:
         for bucket, callback in self._watchers:
             if only is not None and bucket != only:
                 continue

@@ -527,14 +527,23 @@ class Ownership:
         sent = self.clock()
         try:
             if self._worker_revision:
-                revision = await self.bus.kv_update_async(
-                    OWNERS_BUCKET, key, value, self._worker_revision, ttl=self.ttl
-                )
+                try:
+                    revision = await self.bus.kv_update_async(
+                        OWNERS_BUCKET, key, value, self._worker_revision, ttl=self.ttl
+                    )
+                except RevisionMismatch:
+                    # expired (renewals failed for a TTL, e.g. while the cluster elected a
+                    # leader): drop every bot, then start again at once like a new worker
+                    self._lost_lease()
+                    self._worker_revision = 0
+                    value = json.dumps({"worker": self.name, "bots": 0}).encode()
+                    sent = self.clock()
+                    revision = await self.bus.kv_create_async(
+                        OWNERS_BUCKET, key, value, ttl=self.ttl
+                    )
             else:
                 revision = await self.bus.kv_create_async(OWNERS_BUCKET, key, value, ttl=self.ttl)
         except RevisionMismatch:
-            if self._worker_revision:
-                self._lost_lease()
             self._worker_revision = 0  # created again in the next round
             return
         except BusError as exc:

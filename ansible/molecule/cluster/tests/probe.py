@@ -192,13 +192,14 @@ async def _stream_info(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def probe_stream_info(p: dict[str, Any]) -> dict[str, Any]:
-    """The stream's and the owners' bucket's replicas and leaders, and under "meta" the
-    JetStream meta group's leader (it places consumers, such as the gateway's watches)."""
-    info = asyncio.run(_stream_info(p))
+    return asyncio.run(_stream_info(p))
+
+
+def probe_meta_leader(p: dict[str, Any]) -> dict[str, Any]:
+    """The JetStream meta group's leader (it places consumers, such as the gateway's watches)."""
     status, jsz = http("GET", f"{MONITOR}/jsz")
     meta = (jsz.get("meta_cluster") or {}) if status == 200 and isinstance(jsz, dict) else {}
-    info["meta"] = {"leader": meta.get("leader")}
-    return info
+    return {"leader": meta.get("leader")}
 
 
 async def _last_seq(p: dict[str, Any]) -> int:

@@ -178,6 +178,7 @@ def test_a_host_killed_and_back_loses_and_doubles_nothing(node):
     # failover writes through (the owners' bucket, the stream, the meta group that places the
     # watches' consumers): then nothing is written until NATS has elected another leader
     leaders = {name: facts["leader"] for name, facts in node(survivor, "stream_info").items()}
+    leaders["meta"] = node(survivor, "meta_leader")["leader"]
     led = sorted(name for name, leader in leaders.items() if leader == victim)
     bound = NATS_ELECTION_MAX + LEASE_TTL if led else 10.0
     start = node(survivor, "last_seq")["last_seq"] + 1
