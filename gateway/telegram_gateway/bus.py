@@ -92,6 +92,10 @@ PUBLISH_ATTEMPTS = 5
 FILES_BUCKET = "TELEGRAM_FILES"
 #: seconds between two attempts at most to create or update what failed at connect
 REPAIR_MAX = 10.0
+#: how long a publish that found no stream waits for the stream's info before it tries again:
+#: on a cluster the stream may only be electing a leader (nats-server answers nothing meanwhile),
+#: and the publish retries sooner than nats-py's 5 s API timeout
+STREAM_CHECK_TIMEOUT = 1.0
 #: idle heartbeat of a Key-Value watch's ordered consumer, seconds: nats-py re-creates the
 #: consumer after two missed ones. Its default (5 s) leaves a watch whose consumer lived on a
 #: lost cluster node blind for 10 s or more, and a lease watch must notice a dead worker sooner
@@ -753,8 +757,11 @@ class Bus:
         url = nc.connected_url
         return f"{url.scheme}://{url.hostname}:{url.port}"
 
-    async def _ensure_stream(self) -> None:
-        """Create stream TELEGRAM, or update it to the configured settings."""
+    async def _ensure_stream(self, timeout: float | None = None) -> None:
+        """Create stream TELEGRAM, or update it to the configured settings. With ``timeout``
+        (of each JetStream API call; nats-py's default otherwise) it is a check after a publish
+        found no stream: when it gets no answer either, the stream keeps the state it had (a
+        cluster electing the stream's leader answers nothing; it is not gone)."""
         assert self._nc is not None
         s = self.settings
         config = StreamConfig(
@@ -767,7 +774,7 @@ class Bus:
             duplicate_window=s.stream_duplicate_window,
             num_replicas=s.nats_replicas,
         )
-        js = self._nc.jetstream()
+        js = self._nc.jetstream() if timeout is None else self._nc.jetstream(timeout=timeout)
         try:
             try:
                 info = await js.stream_info(s.stream_name)
@@ -784,7 +791,11 @@ class Bus:
                 self._log_replicas(s.stream_name, info.config.num_replicas)
             self._stream_ready = True
         except Exception as exc:
-            self._stream_ready = False
+            # (a check that got no answer, or "temporarily unavailable": a stream electing its
+            # leader is not gone)
+            transient = isinstance(exc, TimeoutError | nats.js.errors.ServiceUnavailableError)
+            if timeout is None or not transient:
+                self._stream_ready = False
             self._note_error(
                 f"cannot create or update stream {s.stream_name}: {exc}{self._replicas_hint()}"
             )
@@ -1006,7 +1017,7 @@ class Bus:
                 if not todo:
                     break
                 if need_stream:
-                    await self._ensure_stream()
+                    await self._ensure_stream(STREAM_CHECK_TIMEOUT)
                 await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
         finally:
             self._ack_waits.pop(batch, None)

@@ -129,8 +129,9 @@ def test_a_host_dies_with_its_nats_node(cluster_hosts, leader: str) -> None:
         **FAST,
     )
     wanted = node_a if leader == "dead" else node_b
-    got = asyncio.run(_lead(cluster.nodes[2].url, f"KV_{OWNERS_BUCKET}", wanted.name))
-    assert got == wanted.name, f"{OWNERS_BUCKET} led by {got}, not {wanted.name}"
+    for stream in (f"KV_{OWNERS_BUCKET}", "TELEGRAM"):
+        got = asyncio.run(_lead(cluster.nodes[2].url, stream, wanted.name))
+        assert got == wanted.name, f"{stream} led by {got}, not {wanted.name}"
     wait_until(lambda: set(owners(stack).values()) == {"host-a", "host-b"}, 60, "both hosts")
     bot = min(b for b, h in owners(stack).items() if h == "host-a")
     before = stack.emulator.inject(
@@ -142,7 +143,7 @@ def test_a_host_dies_with_its_nats_node(cluster_hosts, leader: str) -> None:
     wait_until(lambda: want <= set(stored(stack, bot)), 20, "host-a's updates stored")
 
     mark = len(gateway_b.log())
-    died = time.monotonic()
+    died, died_at = time.monotonic(), time.time()
     kill9(gateway_a)
     assert node_a.proc is not None
     node_a.proc.kill()
@@ -157,14 +158,18 @@ def test_a_host_dies_with_its_nats_node(cluster_hosts, leader: str) -> None:
         f"{bot}:{u}@host-b" for u in range(after["first_update_id"], after["last_update_id"] + 1)
     }
     wait_until(lambda: want <= set(stored(stack, bot)), 30, "host-b's updates stored")
+    # when the stream stored the last of them (the reading here may wait for NATS longer)
+    in_stream = max(m.at for m in stack.read_stream() if m.headers["Nats-Msg-Id"] in want) - died_at
     rewatched = "watching the bucket again" in gateway_b.log()[mark:]
     print(
-        f"\nHOST AND NODE DIED (owners' bucket led by the {leader} node): host-b polls bot {bot} "
-        f"{took:.2f} s later; watch started again: {rewatched}"
+        f"\nHOST AND NODE DIED (the owners' bucket and the stream led by the {leader} node): "
+        f"host-b polls bot {bot} {took:.2f} s later, its updates are in the stream "
+        f"{in_stream:.2f} s after the death; watch started again: {rewatched}"
     )
     assert stored(stack, bot) == Counter(dict.fromkeys(want, 1))
     bound = FAILOVER_BOUND if leader == "surviving" else NATS_ELECTION_MAX + LEASE_TTL
     assert took < bound, (took, bound)
+    assert in_stream < bound, (in_stream, bound)
 
 
 def stored(stack: Stack, bot: int) -> Counter[str]:

@@ -374,6 +374,7 @@ class Stored:
     subject: str
     headers: dict[str, str]
     data: bytes
+    at: float = 0.0  # when the stream stored it (Unix time; 0 for a core subscription)
 
     @property
     def update(self) -> dict[str, Any]:
@@ -462,6 +463,7 @@ async def _read_stream(url: str, password: str | None) -> list[Stored]:
                     subject=msg.subject,
                     headers=dict(msg.headers or {}),
                     data=bytes(msg.data),
+                    at=msg.metadata.timestamp.timestamp(),
                 )
             )
         await sub.unsubscribe()
