@@ -95,6 +95,10 @@ IDLE_MARGIN = STALL_SLACK / 2
 #: few rounds, so that their first getUpdates do not all fall into one moment and starve the
 #: renewals of the leases it already holds
 ACQUIRE_BATCH = 100
+#: rounds after which a renewal of this worker's lease that its watch has not shown means the
+#: watch is blind (it shows one within milliseconds; starting it again when it was only slow
+#: costs one reading of the bucket)
+WATCH_LAG_ROUNDS = 2
 
 
 def worker_name(host: str | None = None, pid: int | None = None) -> str:
@@ -561,12 +565,14 @@ class Ownership:
 
     def _check_watch(self) -> None:
         """This worker's own renewals come back through its watch within moments. When one has
-        not for a lease's TTL, the watch is blind (nats-py re-creates a lost ordered consumer,
-        but that can fail while the cluster reassigns it): watch the bucket again."""
+        not for :data:`WATCH_LAG_ROUNDS` rounds, the watch is blind (nats-py re-creates a lost
+        ordered consumer, but that can fail while the cluster reassigns it): watch the bucket
+        again (at most once per such period)."""
         now = self.clock()
-        if not self._echo_wanted or now - self._echo_since < self.ttl:
+        lag = WATCH_LAG_ROUNDS * self.interval
+        if not self._echo_wanted or now - self._echo_since < lag:
             return
-        if now - self._rewatched_at < self.ttl:
+        if now - self._rewatched_at < lag:
             return
         logger.warning(
             "worker %s: the watch of %s has not shown this worker's lease renewed %.1f s ago; "
