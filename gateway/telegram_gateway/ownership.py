@@ -587,7 +587,7 @@ class Ownership:
 
     def _lost_lease(self) -> None:
         """This worker's lease expired (it was not renewed in time): another worker may own
-        any of its bots now. Drop them all; a new lease is taken in the next round."""
+        any of its bots now. Drop them all; the renewal that found it expired takes a new one."""
         if self.leases:
             logger.warning(
                 "worker %s: its lease expired (not renewed in time); it stops polling and "
