@@ -8,34 +8,25 @@ the files the converge generated in Molecule's ephemeral directory (molecule.yml
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from verify_support import PYTHON as PYTHON  # for test_cluster's docker exec
+from verify_support import copy_probe_files, read_secrets, run_probe
+
 NODES = ("tgw-cluster-1", "tgw-cluster-2", "tgw-cluster-3")  # molecule.yml's platforms
 BOT_IDS = (7000000011, 7000000012, 7000000013)  # molecule.yml: tgw_bot_ids
-PYTHON = "/opt/telegram-gateway/venv/bin/python"
 HERE = Path(__file__).parent
-
-
-def _ephemeral() -> Path:
-    path = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
-    if not path:
-        pytest.exit("MOLECULE_EPHEMERAL_DIRECTORY is not set: run through `molecule verify`")
-    return Path(path)
 
 
 @pytest.fixture(scope="session")
 def secrets() -> dict[str, str]:
-    folder = _ephemeral() / "secrets"
-    values = {f.name: f.read_text().split(" salt=")[0].strip() for f in sorted(folder.iterdir())}
-    assert values, f"no secrets in {folder}: has the scenario been converged?"
-    return values
+    return read_secrets()
 
 
 @pytest.fixture(scope="session")
@@ -50,9 +41,7 @@ def params(secrets: dict[str, str]) -> dict[str, object]:
 
 
 def copy_probe(instance: str) -> None:
-    subprocess.run(
-        ["docker", "cp", str(HERE / "probe.py"), f"{instance}:/root/probe.py"], check=True
-    )
+    copy_probe_files(instance, HERE / "probe.py")
 
 
 @pytest.fixture(scope="session")
@@ -64,15 +53,7 @@ def node(params: dict[str, object]) -> Callable[..., dict]:
     def run(instance: str, name: str, limit: float = 120, **extra: object) -> dict:
         """`limit`: seconds for the whole `docker exec`; every other keyword goes to the
         probe (e.g. its own `timeout`)."""
-        proc = subprocess.run(
-            ["docker", "exec", "-i", instance, PYTHON, "/root/probe.py", name],
-            input=json.dumps({**params, **extra}),
-            capture_output=True,
-            text=True,
-            timeout=limit,
-        )
-        assert proc.returncode == 0, f"probe {name} on {instance} failed:\n{proc.stderr[-3000:]}"
-        return json.loads(proc.stdout)
+        return run_probe(instance, name, {**params, **extra}, limit)
 
     return run
 

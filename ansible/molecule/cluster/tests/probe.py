@@ -5,11 +5,12 @@ container and call
 
     /opt/telegram-gateway/venv/bin/python /root/probe.py <probe>   < params.json
 
-Parameters (secrets included) arrive as JSON on stdin, never on the command line; the result
-is one JSON object on stdout. Only the standard library and nats-py are used. The node's own
-Bot API emulator (control API) stands in for Telegram, the `agents` NATS user for an agent;
-the gateway's NATS user (read, as root, from the gateway's environment file) reads the
-ownership records in TELEGRAM_OWNERS, as the gateway's own workers do.
+Parameters (secrets included) arrive as JSON on stdin, never on the command line; the result is
+one JSON object on stdout. Only the standard library, nats-py and ../../shared/probe_http.py
+(copied beside it) are used. The node's own Bot API emulator (control API) stands in for
+Telegram, the `agents` NATS user for an agent; the gateway's NATS user (read, as root, from the
+gateway's environment file) reads the ownership records in TELEGRAM_OWNERS, as the gateway's
+own workers do.
 """
 
 from __future__ import annotations
@@ -26,51 +27,13 @@ import urllib.request
 from typing import Any
 
 import nats
+from probe_http import GATEWAY, NATS_URL, STREAM, control, http, inject
 
-BOTAPI = "http://127.0.0.1:8081"
-GATEWAY = "http://127.0.0.1:8000"
 MONITOR = "http://127.0.0.1:8222"
-NATS_URL = "nats://127.0.0.1:4222"
-STREAM = "TELEGRAM"
 OWNERS = "TELEGRAM_OWNERS"
 GATEWAY_ENV = "/etc/telegram-gateway/telegram-gateway.env"
 # the gateway user's reply inboxes (the role lets it subscribe there only; telegram_gateway.bus)
 GATEWAY_INBOX_PREFIX = "_GATEWAY_INBOX"
-
-
-# --- HTTP --------------------------------------------------------------------------------------
-def http(
-    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout=10.0
-) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            status = resp.status
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        status = exc.code
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode(errors="replace")
-
-
-def control(method: str, path: str, body: Any = None) -> Any:
-    status, answer = http(method, f"{BOTAPI}/_emulator/{path}", body)
-    if status != 200 or not isinstance(answer, dict) or not answer.get("ok"):
-        raise RuntimeError(f"emulator control {method} {path}: {status} {answer}")
-    return answer["result"]
-
-
-def inject(bot_id: int, count: int) -> list[int]:
-    res = control(
-        "POST", "updates", {"bot_id": bot_id, "generate": {"count": count, "kinds": ["message"]}}
-    )
-    return list(range(res["first_update_id"], res["last_update_id"] + 1))
 
 
 # --- NATS --------------------------------------------------------------------------------------

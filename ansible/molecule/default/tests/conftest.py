@@ -9,33 +9,25 @@ host's container with the gateway's own interpreter and hands it parameters on s
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from verify_support import copy_probe_files, read_secrets, run_probe
+
 BOT_ID = 7000000001  # public part of the test bot's token (molecule.yml: tgw_bot_id)
-PYTHON = "/opt/telegram-gateway/venv/bin/python"
 UNITS = ("nats-server.service", "telegram-bot-api.service", "telegram-gateway.service")
 HERE = Path(__file__).parent
-
-
-def _ephemeral() -> Path:
-    path = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
-    if not path:
-        pytest.exit("MOLECULE_EPHEMERAL_DIRECTORY is not set: run through `molecule verify`")
-    return Path(path)
 
 
 @pytest.fixture(scope="session")
 def secrets() -> dict[str, str]:
     """The fake secrets of this run, by name (written by the password lookups); bot_token is
     the whole token, bot_token_secret its secret part (what a leak check looks for)."""
-    folder = _ephemeral() / "secrets"
-    values = {f.name: f.read_text().split(" salt=")[0].strip() for f in sorted(folder.iterdir())}
-    assert values, f"no secrets in {folder}: has the scenario been converged?"
+    values = read_secrets()
     values["bot_token"] = f"{BOT_ID}:{values['bot_token_secret']}A"  # as molecule.yml makes it
     # api_id is an 8-digit number that identifies the application, not a secret (api_hash
     # is); a substring search for it would find it by chance in timestamps and binaries
@@ -48,20 +40,10 @@ def probe(host):
     """probe(name, **params) -> the JSON result of probe.py's probe_<name> in the container
     of `host`."""
     instance = host.backend.name
-    subprocess.run(
-        ["docker", "cp", str(HERE / "probe.py"), f"{instance}:/root/probe.py"], check=True
-    )
+    copy_probe_files(instance, HERE / "probe.py")
 
     def run(name: str, timeout: float = 180, **params: object) -> dict:
-        proc = subprocess.run(
-            ["docker", "exec", "-i", instance, PYTHON, "/root/probe.py", name],
-            input=json.dumps(params),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        assert proc.returncode == 0, f"probe {name} failed:\n{proc.stderr[-3000:]}"
-        return json.loads(proc.stdout)
+        return run_probe(instance, name, params, timeout)
 
     return run
 
