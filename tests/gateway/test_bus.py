@@ -13,7 +13,7 @@ from harness.nats import NatsServer
 from harness.procs import wait_until
 from harness.tokens import fake_token
 from telegram_gateway.bus import Ack, Bus, Outgoing
-from telegram_gateway.config import load_settings
+from telegram_gateway.config import Settings, load_settings
 from telegram_gateway.errors import BusUnavailable
 
 pytestmark = pytest.mark.integration
@@ -26,18 +26,22 @@ def server(tmp_path: Path):
     nats_server.stop()
 
 
-@pytest.fixture
-def bus(server: NatsServer, tmp_path: Path):
-    settings = load_settings(
+def bus_settings(server: NatsServer, tmp_path: Path, **extra: str) -> Settings:
+    """A one-bot gateway's settings against `server`."""
+    return load_settings(
         {
             "TELEGRAM_BOT_TOKENS": fake_token(1),
             "GATEWAY_API_TOKEN": "b" * 20,
             "NATS_URL": server.url,
             "GATEWAY_STATE_DIR": str(tmp_path),
-            "GATEWAY_PUBLISH_TIMEOUT": "1",
+            **extra,
         }
     )
-    the_bus = Bus(settings)
+
+
+@pytest.fixture
+def bus(server: NatsServer, tmp_path: Path):
+    the_bus = Bus(bus_settings(server, tmp_path, GATEWAY_PUBLISH_TIMEOUT="1"))
     the_bus.start()
     wait_until(lambda: the_bus.connected and the_bus.status()["stream_ready"], 10, "bus connected")
     yield the_bus
@@ -103,15 +107,7 @@ def test_a_key_with_its_own_ttl_expires_and_reads_as_absent(server: NatsServer, 
 
     from telegram_gateway.errors import RevisionMismatch
 
-    settings = load_settings(
-        {
-            "TELEGRAM_BOT_TOKENS": fake_token(1),
-            "GATEWAY_API_TOKEN": "b" * 20,
-            "NATS_URL": server.url,
-            "GATEWAY_STATE_DIR": str(tmp_path),
-        }
-    )
-    the_bus = Bus(settings)
+    the_bus = Bus(bus_settings(server, tmp_path))
     the_bus.declare_bucket(
         KeyValueConfig(bucket="TTL_TEST", history=1, storage=StorageType.FILE, limit_marker_ttl=1)
     )
@@ -154,15 +150,7 @@ def test_what_failed_at_connect_is_created_later_without_a_reconnect(
             await nc.close()
 
     asyncio.run(block("add"))
-    settings = load_settings(
-        {
-            "TELEGRAM_BOT_TOKENS": fake_token(1),
-            "GATEWAY_API_TOKEN": "b" * 20,
-            "NATS_URL": server.url,
-            "GATEWAY_STATE_DIR": str(tmp_path),
-        }
-    )
-    the_bus = Bus(settings)
+    the_bus = Bus(bus_settings(server, tmp_path))
     the_bus.start()
     try:
         wait_until(lambda: the_bus.status()["last_error"], 10, "the stream refused")
