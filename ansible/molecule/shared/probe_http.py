@@ -6,8 +6,10 @@ library, and the Bot API emulator's control API, which stands in for Telegram's 
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 BOTAPI = "http://127.0.0.1:8081"
@@ -51,3 +53,18 @@ def inject(bot_id: int, count: int) -> list[int]:
         "POST", "updates", {"bot_id": bot_id, "generate": {"count": count, "kinds": ["message"]}}
     )
     return list(range(res["first_update_id"], res["last_update_id"] + 1))
+
+
+def healthz() -> tuple[int, Any]:
+    """The gateway's /healthz: (status, body); (0, the error) when nothing answers."""
+    try:
+        return http("GET", f"{GATEWAY}/healthz", timeout=5)
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def main(probes: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> None:
+    """`probe.py <name>`: probes["probe_<name>"] with the JSON parameters on stdin; its result
+    as JSON on stdout."""
+    params = json.load(sys.stdin)
+    json.dump(probes[f"probe_{sys.argv[1]}"](params), sys.stdout)

@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -27,7 +26,7 @@ import urllib.request
 from typing import Any
 
 import nats
-from probe_http import GATEWAY, NATS_URL, STREAM, control, http, inject
+from probe_http import GATEWAY, NATS_URL, STREAM, control, healthz, http, inject, main
 
 MONITOR = "http://127.0.0.1:8222"
 OWNERS = "TELEGRAM_OWNERS"
@@ -350,18 +349,9 @@ def probe_journal(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def probe_healthz(p: dict[str, Any]) -> dict[str, Any]:
-    try:
-        status, body = http("GET", f"{GATEWAY}/healthz", timeout=5)
-    except OSError as exc:
-        status, body = 0, str(exc)
+    status, body = healthz()
     return {"status": status, "body": body}
 
 
-def main() -> None:
-    params = json.load(sys.stdin)
-    probe = globals()[f"probe_{sys.argv[1]}"]
-    json.dump(probe(params), sys.stdout)
-
-
 if __name__ == "__main__":
-    main()
+    main(globals())

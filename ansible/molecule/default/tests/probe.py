@@ -21,7 +21,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -29,19 +28,12 @@ import urllib.request
 from typing import Any
 
 import nats
-from probe_http import GATEWAY, NATS_URL, STREAM, control, http, inject
+from probe_http import GATEWAY, NATS_URL, STREAM, control, healthz, http, inject, main
 
 
 def emulator_updates(bot_id: int, since: int) -> dict[int, Any]:
     res = control("GET", f"updates?bot_id={bot_id}&since={since}")
     return {u["update_id"]: u for u in res["updates"]}
-
-
-def healthz() -> tuple[int, Any]:
-    try:
-        return http("GET", f"{GATEWAY}/healthz", timeout=5)
-    except OSError as exc:
-        return 0, str(exc)
 
 
 def systemctl(*args: str) -> str:
@@ -401,11 +393,5 @@ def probe_watchdog(p: dict[str, Any]) -> dict[str, Any]:
     return {**result, "workers": workers, "watchdog_lines": watchdog}
 
 
-def main() -> None:
-    params = json.load(sys.stdin)
-    probe = globals()[f"probe_{sys.argv[1]}"]
-    json.dump(probe(params), sys.stdout)
-
-
 if __name__ == "__main__":
-    main()
+    main(globals())
